@@ -1,0 +1,54 @@
+# openvaccine-gnn — `make all` = data → features → train → submit.
+PYTHON ?= python
+export PYTHONPATH := $(CURDIR)/src:$(PYTHONPATH)
+CONFIG ?=
+MEMBERS ?= default
+INPUT ?=
+OUT ?= predictions.csv
+
+.PHONY: all setup data features train submit score predict bench test report-loops clean-cache
+
+all: data features train submit
+
+setup:  ## install pinned dependencies and the package
+	$(PYTHON) -m pip install -r requirements.txt
+	$(PYTHON) -m pip install --no-deps --no-build-isolation -e .
+
+data:  ## verify the vendored competition files in input/ (KAGGLE=1: download the originals first)
+ifeq ($(KAGGLE),1)
+	kaggle competitions download -c stanford-covid-vaccine -p input/
+	cd input && unzip -o -q stanford-covid-vaccine.zip train.json test.json sample_submission.csv
+endif
+	$(PYTHON) -m openvaccine data
+
+features:  ## fold every molecule (ViennaRNA, cached) and build all graphs, given + MFE structures
+	$(PYTHON) -m openvaccine features --mfe
+
+train:  ## train the default ensemble members (or one: make train CONFIG=configs/gine.yaml)
+ifdef CONFIG
+	$(PYTHON) -m openvaccine train --config $(CONFIG)
+else
+	for m in $(MEMBERS); do $(PYTHON) -m openvaccine train --config $$m || exit 1; done
+endif
+
+submit:  ## blend every trained run into submissions/submission.csv (validated)
+	$(PYTHON) -m openvaccine submit
+
+score:  ## OOF MCRMSE of each run and of the blend
+	$(PYTHON) -m openvaccine score
+
+predict:  ## per-base predictions for new sequences: make predict INPUT=seqs.fasta OUT=preds.csv
+	@test -n "$(INPUT)" || (echo "usage: make predict INPUT=seqs.fasta OUT=preds.csv" && exit 2)
+	$(PYTHON) -m openvaccine predict --input $(INPUT) --out $(OUT)
+
+bench:  ## graphs/second for training and inference on this device
+	$(PYTHON) -m openvaccine bench $(if $(CONFIG),--config $(CONFIG),)
+
+report-loops:  ## how well our bpRNA loop-type annotation reproduces the given one
+	$(PYTHON) -m openvaccine report-loops
+
+test:  ## the test suite (tiny inputs; notebooks executed on a small sample)
+	$(PYTHON) -m pytest -q tests
+
+clean-cache:
+	rm -rf cache

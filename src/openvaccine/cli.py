@@ -1,0 +1,133 @@
+"""Command line: ``python -m openvaccine <command> [options] [key=value ...]``.
+
+Commands: data, features, train, submit, score, predict, bench, report-loops.
+Trailing ``key.sub=value`` arguments override the YAML config.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from .config import load_config
+
+
+def _cfg(args):
+    return load_config(args.config, args.overrides)
+
+
+def cmd_data(args):
+    from .data import INPUT_DIR, load_sample_submission, load_test, load_train, verify_input
+    problems = verify_input(INPUT_DIR)
+    if problems:
+        sys.exit("input/ check failed:\n  " + "\n  ".join(problems))
+    tr, te, ss = load_train(), load_test(), load_sample_submission()
+    print(f"input/ OK: train {len(tr)} molecules ({int(tr.SN_filter.sum())} SN_filter=1), "
+          f"test {len(te)} ({dict(te.seq_length.value_counts().sort_index())}), sample_submission {len(ss)} rows")
+
+
+def cmd_features(args):
+    from .data import load_test, load_train
+    from .graphs import build_graphs, fold_params, graph_params
+    from .folding import fold_cached
+    cfg = _cfg(args)
+    p = graph_params(cfg)
+    tr, te = load_train(), load_test()
+    seqs = list(tr.sequence) + list(te.sequence)
+    t0 = time.perf_counter()
+    fold_cached(seqs, fold_params(p), workers=args.workers)
+    t1 = time.perf_counter()
+    print(f"folding ({p['engine']}): {len(seqs)} molecules in {t1 - t0:.1f} s")
+    variants = ["given"] + (["mfe"] if args.mfe else [])
+    for v in variants:
+        t1 = time.perf_counter()
+        g_tr = build_graphs(tr, p, structure=v)
+        g_te = build_graphs(te, p, structure=v)
+        print(f"graphs ({v} structures): {len(g_tr)} train + {len(g_te)} test in "
+              f"{time.perf_counter() - t1:.1f} s")
+
+
+def cmd_report_loops(args):
+    from .data import load_test, load_train
+    from .folding import loop_types
+    for name, df in (("train", load_train()), ("test", load_test())):
+        mol = bases = agree = 0
+        for s, lt in zip(df.structure, df.predicted_loop_type):
+            ours = loop_types(s)
+            mol += ours == lt
+            agree += sum(a == b for a, b in zip(ours, lt))
+            bases += len(lt)
+        print(f"{name}: loop types reproduced for {mol}/{len(df)} molecules ({100 * mol / len(df):.1f}%), "
+              f"{agree}/{bases} bases ({100 * agree / bases:.2f}%)")
+
+
+def cmd_train(args):
+    from .train import train_run
+    train_run(_cfg(args), run_name=args.run_name)
+
+
+def cmd_submit(args):
+    from .predict import make_submission
+    make_submission(args.runs, out=args.out, tta=not args.no_tta)
+
+
+def cmd_score(args):
+    from .predict import blend_report
+    print(json.dumps(blend_report(args.runs), indent=2))
+
+
+def cmd_predict(args):
+    from .predict import predict_file
+    predict_file(args.input, args.out, runs=args.runs, window=args.window, plot_dir=args.plot_dir)
+
+
+def cmd_bench(args):
+    from .train import benchmark
+    benchmark(_cfg(args), n_graphs=args.n)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="openvaccine", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    def with_config(p, default="default"):
+        p.add_argument("--config", default=default, help="YAML under configs/ or a path")
+        p.add_argument("overrides", nargs="*", help="key.sub=value overrides")
+        return p
+
+    sub.add_parser("data", help="verify input/ and load every file").set_defaults(fn=cmd_data)
+    p = with_config(sub.add_parser("features", help="fold all molecules and build all graphs (cached)"))
+    p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--mfe", action="store_true", help="also build graphs on MFE structures (TTA)")
+    p.set_defaults(fn=cmd_features)
+    sub.add_parser("report-loops", help="agreement of our loop-type annotation with the given one") \
+        .set_defaults(fn=cmd_report_loops)
+    p = with_config(sub.add_parser("train", help="K-fold training of one config"))
+    p.add_argument("--run-name", default=None)
+    p.set_defaults(fn=cmd_train)
+    p = sub.add_parser("submit", help="ensemble trained runs into submissions/submission.csv")
+    p.add_argument("--runs", nargs="*", default=None, help="run folders under models/ (default: all complete)")
+    p.add_argument("--out", default=None)
+    p.add_argument("--no-tta", action="store_true")
+    p.set_defaults(fn=cmd_submit)
+    p = sub.add_parser("score", help="OOF MCRMSE of each run and of the blend")
+    p.add_argument("--runs", nargs="*", default=None)
+    p.set_defaults(fn=cmd_score)
+    p = sub.add_parser("predict", help="per-base predictions for new sequences (FASTA/CSV/JSON)")
+    p.add_argument("--input", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--runs", nargs="*", default=None)
+    p.add_argument("--window", default=None, help="summary window START:END (0-based, end exclusive)")
+    p.add_argument("--plot-dir", default=None, help="write one PNG per molecule here")
+    p.set_defaults(fn=cmd_predict)
+    p = with_config(sub.add_parser("bench", help="graphs/second for training and inference"))
+    p.add_argument("--n", type=int, default=512)
+    p.set_defaults(fn=cmd_bench)
+    args = ap.parse_args(argv)
+    args.fn(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""One config system: YAML files under ``configs/`` plus ``key.sub=value`` command-line overrides.
+
+A config file may name a parent with ``base: other.yaml`` (resolved relative to the file); the
+child's keys are merged over the parent's, recursively.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG_DIR = ROOT / "configs"
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def resolve_path(name: str | Path) -> Path:
+    """A config given as a path, or as a bare name looked up in ``configs/``."""
+    p = Path(name)
+    for cand in (p, CONFIG_DIR / p, CONFIG_DIR / f"{p}.yaml"):
+        if cand.is_file():
+            return cand
+    raise ConfigError(f"config not found: {name} (looked in . and {CONFIG_DIR})")
+
+
+def load_config(name: str | Path, overrides: Iterable[str] = ()) -> dict:
+    path = resolve_path(name)
+    with open(path) as fh:
+        cfg = yaml.safe_load(fh) or {}
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    parent = cfg.pop("base", None)
+    if parent:
+        cfg = _merge(load_config(path.parent / parent), cfg)
+    cfg = apply_overrides(cfg, overrides)
+    cfg.setdefault("name", path.stem)
+    return cfg
+
+
+def apply_overrides(cfg: dict, overrides: Iterable[str]) -> dict:
+    """Apply ``a.b=value`` strings; values are parsed as YAML (numbers, lists, bools)."""
+    cfg = copy.deepcopy(cfg)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        key, raw = item.split("=", 1)
+        node = cfg
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {p!r} is not a section")
+        node[parts[-1]] = yaml.safe_load(raw)
+    return cfg
+
+
+def fingerprint(obj: Any, n: int = 12) -> str:
+    """Stable short hash of any JSON-serialisable object."""
+    blob = json.dumps(obj, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:n]

@@ -1,0 +1,270 @@
+"""Folding features: base-pair probabilities, MFE structures and bpRNA loop types.
+
+Engines
+-------
+``vienna``           ViennaRNA partition function (default model, ``temperature`` °C). For
+                     sequences longer than ``window_above`` nt the cubic global fold is replaced
+                     by local folding (RNAplfold, ``RNA.pfl_fold`` with ``window``/``span``) and an
+                     MFE restricted to ``max_bp_span``.
+``linearpartition``  LinearPartition (``mode='eterna'``: EternaFold-like parameters, or
+                     ``'vienna'``), linear time.
+
+Results are cached on disk, one ``.npz`` per (sequence, engine, parameters) under
+``cache/folding/<engine-key>/``, so a second run costs nothing. Probabilities below ``1e-5`` are
+dropped, as in the competition's ``bpps`` files.
+"""
+from __future__ import annotations
+
+import hashlib
+import multiprocessing as mp
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .config import ROOT, fingerprint
+from .data import pair_table
+
+CACHE_DIR = Path(os.environ.get("OPENVACCINE_CACHE", ROOT / "cache"))
+MIN_PROB = 1e-5
+
+
+@dataclass(frozen=True)
+class FoldParams:
+    engine: str = "vienna"            # vienna | linearpartition
+    temperature: float = 37.0         # vienna only
+    mode: str = "eterna"              # linearpartition only
+    window_above: int = 1000          # vienna: local folding above this length
+    window: int = 240                 # RNAplfold W
+    span: int = 160                   # RNAplfold L, and max_bp_span of the long-sequence MFE
+
+    def key(self) -> str:
+        import RNA
+        if self.engine == "vienna":
+            d = dict(e="vienna", v=RNA.__version__, t=self.temperature, wa=self.window_above, w=self.window, s=self.span)
+        elif self.engine == "linearpartition":
+            d = dict(e="linearpartition", m=self.mode)
+        else:
+            raise ValueError(f"unknown folding engine {self.engine!r} (vienna | linearpartition)")
+        return f"{self.engine}-{fingerprint(d, 10)}"
+
+
+@dataclass
+class Fold:
+    """Sparse upper-triangle base-pair probabilities plus an MFE structure."""
+    n: int
+    i: np.ndarray          # int32, 0-based, i < j
+    j: np.ndarray
+    p: np.ndarray          # float32
+    structure: str
+    energy: float
+    method: str
+
+    def dense(self) -> np.ndarray:
+        m = np.zeros((self.n, self.n), dtype=np.float32)
+        m[self.i, self.j] = self.p
+        m[self.j, self.i] = self.p
+        return m
+
+    def pair_prob(self) -> np.ndarray:
+        """Probability that each base is paired (row sums of the bpp matrix), clipped to [0, 1]."""
+        s = np.bincount(self.i, self.p, self.n) + np.bincount(self.j, self.p, self.n)
+        return np.clip(s, 0.0, 1.0).astype(np.float32)
+
+    def max_prob(self) -> np.ndarray:
+        m = np.zeros(self.n, dtype=np.float32)
+        np.maximum.at(m, self.i, self.p)
+        np.maximum.at(m, self.j, self.p)
+        return m
+
+
+def _sparse(mat: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    i, j = np.nonzero(np.triu(mat, 1) >= MIN_PROB)
+    return i.astype(np.int32), j.astype(np.int32), mat[i, j].astype(np.float32)
+
+
+def _fold_vienna(seq: str, fp: FoldParams) -> Fold:
+    import RNA
+    n = len(seq)
+    md = RNA.md()
+    md.temperature = fp.temperature
+    if n <= fp.window_above:
+        fc = RNA.fold_compound(seq, md)
+        structure, energy = fc.mfe()
+        fc.exp_params_rescale(energy)
+        fc.pf()
+        mat = np.array(fc.bpp(), dtype=np.float64)[1:, 1:]
+        i, j, p = _sparse(mat)
+        method = "vienna-global"
+    else:
+        md.max_bp_span = fp.span
+        md.window_size = fp.window
+        fc = RNA.fold_compound(seq, md)
+        structure, energy = fc.mfe()
+        entries = RNA.pfl_fold(seq, fp.window, fp.span, MIN_PROB)
+        i = np.array([e.i - 1 for e in entries], dtype=np.int32)
+        j = np.array([e.j - 1 for e in entries], dtype=np.int32)
+        p = np.array([e.p for e in entries], dtype=np.float32)
+        method = f"vienna-local(W={fp.window},L={fp.span})"
+    return Fold(n, i, j, p, structure, float(energy), method)
+
+
+def _fold_linearpartition(seq: str, fp: FoldParams) -> Fold:
+    import linearpartition
+    out = linearpartition.partition(seq, mode=fp.mode)
+    b = out["bpp"]
+    i, j, p = (np.asarray(b[k]) for k in b.dtype.names[:3])
+    i, j = i.astype(np.int32), j.astype(np.int32)   # the package reports 0-based positions
+    keep = (p >= MIN_PROB) & (i != j)
+    i, j, p = i[keep], j[keep], p[keep].astype(np.float32)
+    lo, hi = np.minimum(i, j), np.maximum(i, j)
+    return Fold(len(seq), lo, hi, p, out["structure"], float(out["free_energy"]), f"linearpartition-{fp.mode}")
+
+
+def fold(seq: str, params: FoldParams = FoldParams()) -> Fold:
+    """Fold one sequence (no cache)."""
+    if params.engine == "vienna":
+        return _fold_vienna(seq, params)
+    if params.engine == "linearpartition":
+        return _fold_linearpartition(seq, params)
+    raise ValueError(f"unknown folding engine {params.engine!r} (vienna | linearpartition)")
+
+
+def mfe_structure(seq: str, params: FoldParams = FoldParams()) -> str:
+    """MFE dot-bracket structure (cached along with the bpps)."""
+    return fold_cached([seq], params, progress=False)[0].structure
+
+
+# ---------------------------------------------------------------- cache
+def _cache_file(seq: str, key: str, cache_dir: Path) -> Path:
+    h = hashlib.sha1(seq.encode()).hexdigest()
+    return cache_dir / "folding" / key / h[:2] / f"{h}.npz"
+
+
+def _save(path: Path, f: Fold) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
+    np.savez(tmp, n=f.n, i=f.i, j=f.j, p=f.p, structure=f.structure, energy=f.energy, method=f.method)
+    os.replace(tmp, path)
+
+
+def _load(path: Path) -> Fold:
+    z = np.load(path)
+    return Fold(int(z["n"]), z["i"], z["j"], z["p"], str(z["structure"]), float(z["energy"]), str(z["method"]))
+
+
+def _work(args):
+    seq, params, path = args
+    f = fold(seq, params)
+    _save(Path(path), f)
+    return f
+
+
+def fold_cached(seqs: Sequence[str], params: FoldParams = FoldParams(), workers: int | None = None,
+                cache_dir: Path | str | None = None, progress: bool = True) -> list[Fold]:
+    """Fold many sequences in worker processes, reading/writing the on-disk cache."""
+    cache_dir = Path(cache_dir) if cache_dir is not None else CACHE_DIR
+    key = params.key()
+    paths = [_cache_file(s, key, cache_dir) for s in seqs]
+    out: list[Fold | None] = [None] * len(seqs)
+    todo: dict[str, list[int]] = {}
+    for k, (s, p) in enumerate(zip(seqs, paths)):
+        if p.is_file():
+            out[k] = _load(p)
+        else:
+            todo.setdefault(s, []).append(k)
+    if todo:
+        jobs = [(s, params, str(paths[idx[0]])) for s, idx in todo.items()]
+        workers = workers or os.cpu_count() or 1
+        bar = tqdm(total=len(jobs), desc=f"folding ({params.engine})", disable=not progress, unit="seq")
+        if workers > 1 and len(jobs) > 1:
+            with mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn").Pool(min(workers, len(jobs))) as pool:
+                results = pool.imap(_work, jobs, chunksize=4)
+                for (s, _, _), f in zip(jobs, results):
+                    for k in todo[s]:
+                        out[k] = f
+                    bar.update()
+        else:
+            for job in jobs:
+                f = _work(job)
+                for k in todo[job[0]]:
+                    out[k] = f
+                bar.update()
+        bar.close()
+    return out  # type: ignore[return-value]
+
+
+# ---------------------------------------------------------------- loop types
+def loop_types(structure: str) -> str:
+    """bpRNA loop-type letters for a dot-bracket structure.
+
+    S paired (stem) · H hairpin · B bulge · I internal loop · M multiloop · X external loop between
+    stems · E dangling ends. Loops are defined by the nested ``()`` pairs; bases paired through
+    pseudoknot brackets ``[] {} <>`` are stems (S).
+    """
+    n = len(structure)
+    nested = "".join(c if c in "()" else "." for c in structure)
+    partner = pair_table(nested)
+    allpairs = pair_table(structure)
+    out = ["?"] * n
+    for k in range(n):
+        if allpairs[k] >= 0:
+            out[k] = "S"
+
+    def branches(lo: int, hi: int) -> list[tuple[int, int]]:
+        br, p = [], lo
+        while p < hi:
+            if partner[p] > p:
+                br.append((p, int(partner[p])))
+                p = partner[p] + 1
+            else:
+                p += 1
+        return br
+
+    def fill(lo: int, hi: int, br: list[tuple[int, int]], letter: str) -> None:
+        """Label unpaired bases of [lo, hi) outside the branches."""
+        p = lo
+        for a, b in br:
+            for q in range(p, a):
+                if out[q] == "?":
+                    out[q] = letter
+            p = b + 1
+        for q in range(p, hi):
+            if out[q] == "?":
+                out[q] = letter
+
+    # external loop
+    top = branches(0, n)
+    if not top:
+        fill(0, n, [], "E")
+    else:
+        fill(0, top[0][0], [], "E")
+        fill(top[-1][1] + 1, n, [], "E")
+        fill(top[0][0], top[-1][1] + 1, top, "X")
+    # loops closed by each pair
+    for i in range(n):
+        j = int(partner[i])
+        if j <= i:
+            continue
+        br = branches(i + 1, j)
+        if not br:
+            letter = "H"
+        elif len(br) == 1:
+            a, b = br[0]
+            left, right = a - i - 1, j - b - 1
+            letter = "B" if (left == 0) != (right == 0) else "I"
+        else:
+            letter = "M"
+        fill(i + 1, j, br, letter)
+    return "".join(out)
+
+
+def base_pair_distance(s1: str, s2: str) -> int:
+    """Number of base pairs in one structure but not the other."""
+    def pairs(s):
+        pt = pair_table(s)
+        return {(i, int(j)) for i, j in enumerate(pt) if j > i}
+    return len(pairs(s1) ^ pairs(s2))

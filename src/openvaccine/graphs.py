@@ -1,0 +1,213 @@
+"""Bracket-pair graphs: one PyTorch Geometric ``Data`` per molecule.
+
+Nodes are bases (optionally plus one codon node per three bases). Edges go both ways and carry
+typed features::
+
+    edge_attr = [fwd, bwd, pair, pk_pair, bpp, codon_base, codon_codon, p_ij, |i-j|/100]
+
+``fwd``/``bwd`` are the backbone i→i+1 / i+1→i, ``pair`` a ``()`` pair of the dot-bracket
+structure, ``pk_pair`` a pseudoknot pair (``[] {} <>``), ``bpp`` a pair whose base-pair probability
+is at least ``bpp_threshold``; an edge that is several of these at once carries several flags.
+``p_ij`` is the base-pair probability of the two bases (0 on backbone edges).
+
+Node features (see :data:`NODE_FEATURES`): base, structure symbol and loop type one-hots, pairing
+probability (bpp row sum), max bpp, unpaired probability, sum − max, base-pair entropy, pair type
+of the structure partner (GC/AU/GU), partner distance, absolute and relative position, codon flag.
+
+Targets ``y`` (5 columns), ``score_mask`` (scored positions), per-base measurement errors
+``err``, and the molecule's ``sn`` (signal_to_noise) and ``sn_filter`` travel with the graph.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch_geometric.data import Data
+from tqdm.auto import tqdm
+
+from . import ERRORS, TARGETS
+from .config import fingerprint
+from .data import PAIR_OPEN, pair_table
+from .folding import CACHE_DIR, Fold, FoldParams, fold_cached, loop_types
+
+BASES = "ACGU"
+LOOPS = "EHBIMSX"
+NODE_FEATURES = (
+    [f"base_{b}" for b in BASES] + ["struct_open", "struct_close", "struct_unpaired"]
+    + [f"loop_{c}" for c in LOOPS]
+    + ["bpp_sum", "bpp_max", "p_unpaired", "bpp_sum_minus_max", "bpp_entropy"]
+    + ["pair_GC", "pair_AU", "pair_GU", "partner_dist", "pos_abs", "pos_rel", "is_codon"]
+)
+EDGE_TYPES = ["fwd", "bwd", "pair", "pk_pair", "bpp", "codon_base", "codon_codon"]
+EDGE_FEATURES = EDGE_TYPES + ["p_ij", "seq_dist"]
+NUM_NODE_FEATURES = len(NODE_FEATURES)
+NUM_EDGE_FEATURES = len(EDGE_FEATURES)
+
+DEFAULT_GRAPH = dict(engine="vienna", temperature=37.0, mode="eterna", bpp_threshold=0.05,
+                     codon_nodes=False, structure="given")
+
+
+def _onehot(idx: np.ndarray, k: int) -> np.ndarray:
+    out = np.zeros((len(idx), k), dtype=np.float32)
+    ok = idx >= 0
+    out[np.nonzero(ok)[0], idx[ok]] = 1.0
+    return out
+
+
+def node_features(seq: str, structure: str, loops: str, f: Fold) -> np.ndarray:
+    n = len(seq)
+    base = _onehot(np.array([BASES.index(c) for c in seq]), 4)
+    sym = np.array([0 if c in PAIR_OPEN else 2 if c in ".-:,_" else 1 for c in structure])
+    struct = _onehot(sym, 3)
+    loop = _onehot(np.array([LOOPS.index(c) for c in loops]), 7)
+    psum, pmax = f.pair_prob(), f.max_prob()
+    punp = 1.0 - psum
+    plogp = f.p * np.log(np.maximum(f.p, 1e-12))
+    ent = -(np.bincount(f.i, plogp, n) + np.bincount(f.j, plogp, n)) - punp * np.log(np.maximum(punp, 1e-12))
+    partner = pair_table(structure)
+    ptype = np.full(n, -1)
+    for i in np.nonzero(partner >= 0)[0]:
+        pair = {seq[i], seq[partner[i]]}
+        ptype[i] = 0 if pair == {"G", "C"} else 1 if pair == {"A", "U"} else 2 if pair == {"G", "U"} else -1
+    pos = np.arange(n, dtype=np.float32)
+    dense = np.stack([
+        psum, pmax, punp, psum - pmax, ent.astype(np.float32),
+    ], 1)
+    tail = np.stack([
+        np.where(partner >= 0, np.abs(partner - pos) / 100.0, 0.0),
+        pos / 100.0, pos / max(n - 1, 1), np.zeros(n),
+    ], 1).astype(np.float32)
+    return np.concatenate([base, struct, loop, dense, _onehot(ptype, 3), tail], 1).astype(np.float32)
+
+
+def edges(seq: str, structure: str, f: Fold, bpp_threshold: float, codon_nodes: bool):
+    """(edge_index [2, E], edge_attr [E, NUM_EDGE_FEATURES]); duplicates merged, flags OR-ed."""
+    n = len(seq)
+    src, dst, typ = [], [], []
+
+    def add(a, b, t):
+        a, b = np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64)
+        src.append(a); dst.append(b); typ.append(np.full(len(a), EDGE_TYPES.index(t)))
+
+    i = np.arange(n - 1)
+    add(i, i + 1, "fwd")
+    add(i + 1, i, "bwd")
+    nested = pair_table("".join(c if c in "()" else "." for c in structure))
+    allp = pair_table(structure)
+    a = np.nonzero(nested >= 0)[0]
+    add(a, nested[a], "pair")
+    pk = np.nonzero((allp >= 0) & (nested < 0))[0]
+    add(pk, allp[pk], "pk_pair")
+    keep = f.p >= bpp_threshold
+    add(np.concatenate([f.i[keep], f.j[keep]]), np.concatenate([f.j[keep], f.i[keep]]), "bpp")
+    if codon_nodes:
+        k = np.arange(n // 3)
+        b = (3 * k[:, None] + np.arange(3)).ravel()
+        c = n + np.repeat(k, 3)
+        add(b, c, "codon_base")
+        add(c, b, "codon_base")
+        if len(k) > 1:
+            add(n + k[:-1], n + k[1:], "codon_codon")
+            add(n + k[1:], n + k[:-1], "codon_codon")
+    src, dst, typ = np.concatenate(src), np.concatenate(dst), np.concatenate(typ)
+    m = n + (n // 3 if codon_nodes else 0)
+    key, inv = np.unique(src * m + dst, return_inverse=True)
+    attr = np.zeros((len(key), NUM_EDGE_FEATURES), dtype=np.float32)
+    np.maximum.at(attr, (inv, typ), 1.0)
+    s, d = key // m, key % m
+    bases = (s < n) & (d < n)
+    if len(f.p):
+        prob = {}
+        for ii, jj, pp in zip(f.i.tolist(), f.j.tolist(), f.p.tolist()):
+            prob[ii * m + jj] = pp
+            prob[jj * m + ii] = pp
+        attr[:, -2] = [prob.get(int(k), 0.0) if b and not (t[0] or t[1]) else 0.0
+                       for k, b, t in zip(key, bases, attr)]
+    attr[:, -1] = np.where(bases, np.abs(s - d) / 100.0, 0.0)
+    return np.stack([s, d]), attr
+
+
+def molecule_graph(rec: dict, f: Fold, structure: str | None = None, loops: str | None = None,
+                   bpp_threshold: float = 0.05, codon_nodes: bool = False) -> Data:
+    """Graph of one molecule. ``rec`` has ``id``, ``sequence`` and, when labelled, targets."""
+    seq = rec["sequence"]
+    n = len(seq)
+    structure = structure if structure is not None else rec.get("structure") or f.structure
+    if loops is None:
+        given = rec.get("predicted_loop_type")
+        loops = given if given and structure == rec.get("structure") else loop_types(structure)
+    x = node_features(seq, structure, loops, f)
+    ei, ea = edges(seq, structure, f, bpp_threshold, codon_nodes)
+    n_codon = n // 3 if codon_nodes else 0
+    if n_codon:
+        cx = np.zeros((n_codon, x.shape[1]), dtype=np.float32)
+        cx[:, NODE_FEATURES.index("is_codon")] = 1.0
+        x = np.concatenate([x, cx])
+    m = n + n_codon
+    y = np.zeros((m, len(TARGETS)), dtype=np.float32)
+    err = np.zeros_like(y)
+    mask = np.zeros(m, dtype=bool)
+    if all(t in rec and rec[t] is not None and not (isinstance(rec[t], float)) for t in TARGETS):
+        sc = int(rec["seq_scored"])
+        y[:sc] = np.stack([np.asarray(rec[t], dtype=np.float32) for t in TARGETS], 1)
+        err[:sc] = np.stack([np.asarray(rec[e], dtype=np.float32) for e in ERRORS], 1)
+        mask[:sc] = True
+    is_base = np.zeros(m, dtype=bool)
+    is_base[:n] = True
+    return Data(
+        x=torch.from_numpy(x), edge_index=torch.from_numpy(ei), edge_attr=torch.from_numpy(ea),
+        y=torch.from_numpy(y), err=torch.from_numpy(err), score_mask=torch.from_numpy(mask),
+        is_base=torch.from_numpy(is_base),
+        sn=torch.tensor([float(rec.get("signal_to_noise", 0.0) or 0.0)]),
+        sn_filter=torch.tensor([float(rec.get("SN_filter", 0.0) or 0.0)]),
+        seq_len=torch.tensor([n]), id=rec["id"], structure=structure,
+    )
+
+
+def graph_params(cfg: dict | None) -> dict:
+    p = dict(DEFAULT_GRAPH)
+    p.update((cfg or {}).get("graph", {}) or {})
+    return p
+
+
+def fold_params(p: dict) -> FoldParams:
+    return FoldParams(engine=p["engine"], temperature=float(p["temperature"]), mode=p["mode"])
+
+
+def build_graphs(df: pd.DataFrame, params: dict | None = None, structure: str | None = None,
+                 cache: bool = True, workers: int | None = None, progress: bool = True,
+                 cache_dir: Path | str | None = None) -> list[Data]:
+    """Graphs for every molecule of ``df``, built once and cached on disk.
+
+    ``structure``: ``"given"`` uses each row's ``structure`` (folding what is missing), ``"mfe"``
+    the folding engine's MFE structure (test-time augmentation, alternative training structures).
+    """
+    p = graph_params({"graph": params or {}})
+    if structure is not None:
+        p["structure"] = structure
+    cache_dir = Path(cache_dir) if cache_dir is not None else CACHE_DIR
+    fp = fold_params(p)
+    from .data import data_fingerprint
+    key = fingerprint([p, fp.key(), data_fingerprint(df), NODE_FEATURES, EDGE_FEATURES, 2])
+    path = cache_dir / "graphs" / f"graphs-{key}.pt"
+    if cache and path.is_file():
+        return torch.load(path, weights_only=False)
+    folds = fold_cached(list(df["sequence"]), fp, workers=workers, cache_dir=cache_dir, progress=progress)
+    out = []
+    for rec, f in tqdm(zip(df.to_dict("records"), folds), total=len(df), desc="graphs",
+                       disable=not progress, unit="mol"):
+        if p["structure"] == "mfe":
+            s = f.structure
+        else:
+            s = rec.get("structure") if isinstance(rec.get("structure"), str) and rec.get("structure") else f.structure
+        out.append(molecule_graph(rec, f, structure=s, bpp_threshold=float(p["bpp_threshold"]),
+                                  codon_nodes=bool(p["codon_nodes"])))
+    if cache:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(out, tmp)
+        tmp.replace(path)
+    return out

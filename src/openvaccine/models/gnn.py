@@ -1,0 +1,105 @@
+"""DegradationGNN: edge-aware message passing over the bracket-pair graph, then a BiGRU over
+sequence order, then a per-base head for the five targets.
+
+Each block is pre-norm residual: ``h = h + Dropout(GELU(conv(LayerNorm(h))))`` followed by a
+residual feed-forward ``h = h + Dropout(FFN(LayerNorm(h)))``. The convolution is chosen by name:
+
+* ``transformer`` – UniMP-style ``TransformerConv(edge_dim=…)`` (edge features enter keys/values)
+* ``gatv2``       – ``GATv2Conv(edge_dim=…)`` (edge features enter the attention score)
+* ``gine``        – ``GINEConv`` (edge features added to the neighbour message)
+* ``edgegated``   – our :class:`EdgeGatedConv` (edge features gate and shape the message)
+* ``sage``        – ``SAGEConv``, which ignores edge features: the no-edge-feature reference
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch_geometric.nn import GATv2Conv, GINEConv, SAGEConv, TransformerConv
+from torch_geometric.utils import to_dense_batch
+
+from .edge_gated import EdgeGatedConv
+
+CONVS = ("transformer", "gatv2", "gine", "edgegated", "sage")
+
+
+def make_conv(kind: str, h: int, edge_dim: int, heads: int) -> nn.Module:
+    if kind == "transformer":
+        return TransformerConv(h, h // heads, heads=heads, edge_dim=edge_dim, beta=True)
+    if kind == "gatv2":
+        return GATv2Conv(h, h // heads, heads=heads, edge_dim=edge_dim, add_self_loops=False)
+    if kind == "gine":
+        return GINEConv(nn.Sequential(nn.Linear(h, h), nn.GELU(), nn.Linear(h, h)), edge_dim=edge_dim, train_eps=True)
+    if kind == "edgegated":
+        return EdgeGatedConv(h, edge_dim)
+    if kind == "sage":
+        return SAGEConv(h, h)
+    raise ValueError(f"unknown conv {kind!r}: one of {CONVS}")
+
+
+class Block(nn.Module):
+    def __init__(self, kind: str, h: int, edge_dim: int, heads: int, dropout: float):
+        super().__init__()
+        self.kind = kind
+        self.norm1, self.norm2 = nn.LayerNorm(h), nn.LayerNorm(h)
+        self.conv = make_conv(kind, h, edge_dim, heads)
+        self.ffn = nn.Sequential(nn.Linear(h, 2 * h), nn.GELU(), nn.Dropout(dropout), nn.Linear(2 * h, h))
+        self.drop = nn.Dropout(dropout)
+        self.act = nn.GELU()
+
+    def forward(self, h: Tensor, edge_index: Tensor, edge_attr: Tensor) -> Tensor:
+        z = self.norm1(h)
+        z = self.conv(z, edge_index) if self.kind == "sage" else self.conv(z, edge_index, edge_attr)
+        h = h + self.drop(self.act(z))
+        return h + self.drop(self.ffn(self.norm2(h)))
+
+
+class DegradationGNN(nn.Module):
+    def __init__(self, in_dim: int, edge_dim: int, out_dim: int = 5, conv: str = "transformer",
+                 hidden: int = 128, layers: int = 4, heads: int = 4, dropout: float = 0.1,
+                 gru_layers: int = 2, keep_features: list[int] | None = None):
+        super().__init__()
+        keep = torch.as_tensor(keep_features if keep_features is not None else range(in_dim), dtype=torch.long)
+        self.register_buffer("keep", keep, persistent=False)
+        in_dim = len(keep)
+        self.embed = nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, hidden))
+        self.edge_embed = nn.Sequential(nn.Linear(edge_dim, hidden // 2), nn.GELU())
+        self.blocks = nn.ModuleList(Block(conv, hidden, hidden // 2, heads, dropout) for _ in range(layers))
+        self.norm = nn.LayerNorm(hidden)
+        self.gru = (nn.GRU(hidden, hidden, num_layers=gru_layers, batch_first=True, bidirectional=True,
+                           dropout=dropout if gru_layers > 1 else 0.0) if gru_layers else None)
+        head_in = 2 * hidden if self.gru is not None else hidden
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(head_in, out_dim))
+
+    def forward(self, data) -> Tensor:
+        """Predictions for the base nodes of the batch, in node order: [num_bases, out_dim]."""
+        h = self.embed(data.x[:, self.keep])
+        e = self.edge_embed(data.edge_attr)
+        for blk in self.blocks:
+            h = blk(h, data.edge_index, e)
+        h = self.norm(h)
+        is_base = data.is_base
+        hb = h[is_base]
+        if self.gru is not None:
+            batch = data.batch[is_base] if hasattr(data, "batch") and data.batch is not None \
+                else torch.zeros(hb.size(0), dtype=torch.long, device=hb.device)
+            dense, mask = to_dense_batch(hb, batch)           # bases are in sequence order per graph
+            lengths = mask.sum(1)
+            packed = nn.utils.rnn.pack_padded_sequence(dense, lengths.cpu(), batch_first=True, enforce_sorted=False)
+            out, _ = self.gru(packed)
+            out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=dense.size(1))
+            hb = out[mask]
+        return self.head(hb)
+
+
+def build_model(cfg: dict, in_dim: int, edge_dim: int) -> DegradationGNN:
+    """Model from the ``model`` section; ``model.exclude_features`` drops node features by name."""
+    from ..graphs import NODE_FEATURES
+    m = cfg.get("model", {})
+    excl = set(m.get("exclude_features") or [])
+    unknown = excl - set(NODE_FEATURES)
+    if unknown:
+        raise ValueError(f"model.exclude_features: unknown feature(s) {sorted(unknown)}; known: {NODE_FEATURES}")
+    keep = [k for k, f in enumerate(NODE_FEATURES[:in_dim]) if f not in excl]
+    return DegradationGNN(in_dim, edge_dim, conv=m.get("conv", "transformer"), hidden=int(m.get("hidden", 128)),
+                          layers=int(m.get("layers", 4)), heads=int(m.get("heads", 4)),
+                          dropout=float(m.get("dropout", 0.1)), gru_layers=int(m.get("gru_layers", 2)), keep_features=keep)

@@ -1,0 +1,351 @@
+"""K-fold training with folds grouped by sequence similarity.
+
+``train_run(cfg)`` trains ``cfg.train.folds`` models, saves each fold's best checkpoint (with its
+config and the fingerprints of the data and features) under ``models/<run>/``, the out-of-fold
+predictions, and a CV report (``cv.json`` + ``cv.md``). Rerunning an interrupted run resumes at
+the first unfinished fold.
+
+The CV number is the competition's MCRMSE over ``reactivity``, ``deg_Mg_pH10`` and
+``deg_Mg_50C`` on the scored positions of the validation molecules with ``SN_filter`` = 1.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy.sparse import csr_matrix
+from scipy.sparse.csgraph import connected_components
+from torch_geometric.loader import DataLoader
+from tqdm.auto import tqdm
+
+from . import SCORED, SCORED_IDX, TARGETS
+from .config import ROOT, fingerprint
+from .data import data_fingerprint, load_train
+from .folding import FoldParams
+from .graphs import NUM_EDGE_FEATURES, NUM_NODE_FEATURES, build_graphs, fold_params, graph_params
+from .models import build_model
+
+MODELS_DIR = Path(os.environ.get("OPENVACCINE_MODELS", ROOT / "models"))
+
+
+# ---------------------------------------------------------------- basics
+def get_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
+
+
+def set_threads(n: int | None) -> None:
+    torch.set_num_threads(int(n) if n else max(1, os.cpu_count() or 1))
+
+
+def mcrmse(pred: np.ndarray, y: np.ndarray, cols=SCORED_IDX) -> float:
+    """Mean over ``cols`` of the column RMSE; ``pred``/``y`` are [positions, 5]."""
+    return float(np.mean([np.sqrt(np.mean((pred[:, c] - y[:, c]) ** 2)) for c in cols]))
+
+
+def save_atomic(obj, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def write_text_atomic(text: str, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------- folds
+def similarity_groups(seqs: list[str], threshold: float) -> np.ndarray:
+    """Connected components of the graph 'positional identity >= threshold' (same-length pairs)."""
+    groups = np.full(len(seqs), -1)
+    nxt = 0
+    by_len: dict[int, list[int]] = {}
+    for k, s in enumerate(seqs):
+        by_len.setdefault(len(s), []).append(k)
+    lut = np.zeros(256, dtype=np.int64)
+    for c, v in zip("ACGU", range(4)):
+        lut[ord(c)] = v
+    for L, idx in by_len.items():
+        codes = lut[np.frombuffer("".join(seqs[k] for k in idx).encode(), dtype=np.uint8)].reshape(len(idx), L)
+        onehot = np.zeros((len(idx), L * 4), dtype=np.float32)
+        onehot[np.arange(len(idx))[:, None], np.arange(L) * 4 + codes] = 1.0
+        ident = onehot @ onehot.T / L
+        ncomp, lab = connected_components(csr_matrix(ident >= threshold), directed=False)
+        groups[idx] = lab + nxt
+        nxt += ncomp
+    return groups
+
+
+def make_folds(df: pd.DataFrame, k: int, seed: int, similarity: float) -> np.ndarray:
+    """Fold index per row; similar sequences share a fold; folds balanced in size and SN_filter."""
+    groups = similarity_groups(list(df["sequence"]), similarity)
+    rng = np.random.default_rng(seed)
+    uniq = rng.permutation(np.unique(groups))
+    sizes = {g: int((groups == g).sum()) for g in uniq}
+    good = {g: int(((groups == g) & (df["SN_filter"].to_numpy() == 1)).sum()) for g in uniq}
+    order = sorted(uniq, key=lambda g: -sizes[g])            # stable: ties keep the shuffled order
+    load = np.zeros(k)
+    load_good = np.zeros(k)
+    fold_of = {}
+    for g in order:
+        f = int(np.lexsort((load, load_good))[0]) if good[g] else int(np.argmin(load))
+        fold_of[g] = f
+        load[f] += sizes[g]
+        load_good[f] += good[g]
+    return np.array([fold_of[g] for g in groups])
+
+
+# ---------------------------------------------------------------- loss
+def graph_weights(batch, tcfg: dict) -> torch.Tensor:
+    if tcfg.get("sn_weight", "log") == "log":
+        return 0.5 * torch.log(1.1 + batch.sn.clamp(min=0))
+    return torch.ones_like(batch.sn)
+
+
+def weighted_mcrmse_loss(pred, batch, tcfg: dict) -> torch.Tensor:
+    """Column-wise RMSE over scored positions, weighted per molecule (and per base), mean over 5."""
+    is_base = batch.is_base
+    y, mask = batch.y[is_base], batch.score_mask[is_base]
+    w = graph_weights(batch, tcfg)[batch.batch[is_base]][:, None].expand_as(y)
+    if tcfg.get("error_weight", False):
+        w = w / (1.0 + batch.err[is_base])
+    w = w * mask[:, None]
+    se = (pred.float() - y) ** 2
+    col = (w * se).sum(0) / w.sum(0).clamp(min=1e-8)
+    return torch.sqrt(col + 1e-8).mean()
+
+
+# ---------------------------------------------------------------- predict
+@torch.no_grad()
+def predict_graphs(model, graphs, batch_size: int = 64, device=None) -> list[np.ndarray]:
+    """Per-molecule [length, 5] predictions, in the order of ``graphs``."""
+    device = device or next(model.parameters()).device
+    model.eval()
+    out = []
+    for batch in DataLoader(graphs, batch_size=batch_size, shuffle=False):
+        batch = batch.to(device)
+        with torch.autocast(device.type, enabled=device.type == "cuda"):
+            p = model(batch).float().cpu().numpy()
+        out.extend(np.split(p, np.cumsum(batch.seq_len.cpu().numpy())[:-1]))
+    return out
+
+
+def score_predictions(preds: list[np.ndarray], graphs) -> tuple[float, np.ndarray]:
+    """MCRMSE (3 scored columns) and per-target RMSE (5), pooled over scored positions."""
+    P = np.concatenate([p[g.score_mask[: len(p)].numpy()] for p, g in zip(preds, graphs)])
+    Y = np.concatenate([g.y[g.score_mask].numpy() for g in graphs])
+    per = np.sqrt(((P - Y) ** 2).mean(0))
+    return mcrmse(P, Y), per
+
+
+# ---------------------------------------------------------------- training
+def fingerprints(cfg: dict, df: pd.DataFrame) -> dict:
+    p = graph_params(cfg)
+    return dict(config=fingerprint({k: v for k, v in cfg.items() if k != "name"}),
+                data=data_fingerprint(df), features=fingerprint([p, fold_params(p).key()]))
+
+
+def train_fold(cfg: dict, train_g, val_g, fold: int, device, progress: bool = True):
+    """Train one fold; returns (best_state_dict, best_score, history)."""
+    t = cfg["train"]
+    set_seed(int(cfg.get("seed", 42)) + fold)
+    model = build_model(cfg, NUM_NODE_FEATURES, NUM_EDGE_FEATURES).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=float(t["lr"]), weight_decay=float(t.get("weight_decay", 0)))
+    gen = torch.Generator().manual_seed(int(cfg.get("seed", 42)) + fold)
+    loader = DataLoader(train_g, batch_size=int(t["batch_size"]), shuffle=True, generator=gen)
+    epochs = int(t["epochs"])
+    steps = len(loader) if not t.get("max_steps") else min(len(loader), int(t["max_steps"]))
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=float(t["lr"]), total_steps=max(1, epochs * steps),
+                                                pct_start=0.1, anneal_strategy="cos")
+    amp = device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    best, best_state, bad, hist = float("inf"), None, 0, []
+    for ep in range(epochs):
+        model.train()
+        t0 = time.perf_counter()
+        run_loss, n = 0.0, 0
+        bar = tqdm(loader, total=steps, desc=f"fold {fold} epoch {ep + 1}/{epochs}", leave=False, disable=not progress)
+        for step, batch in enumerate(bar):
+            if step >= steps:
+                break
+            batch = batch.to(device)
+            opt.zero_grad(set_to_none=True)
+            with torch.autocast(device.type, enabled=amp):
+                pred = model(batch)
+            loss = weighted_mcrmse_loss(pred, batch, t)
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            scaler.step(opt)
+            scaler.update()
+            sched.step()
+            run_loss += loss.item()
+            n += 1
+            bar.set_postfix(loss=f"{run_loss / n:.4f}")
+        train_time = time.perf_counter() - t0
+        val_pred = predict_graphs(model, val_g, device=device)
+        score, per = score_predictions(val_pred, val_g)
+        hist.append(dict(epoch=ep + 1, train_loss=run_loss / max(n, 1), val_mcrmse=score,
+                         val_rmse={c: float(v) for c, v in zip(TARGETS, per)}, seconds=train_time))
+        if progress:
+            tqdm.write(f"fold {fold} epoch {ep + 1}: loss {run_loss / max(n, 1):.4f}  val MCRMSE {score:.4f}  ({train_time:.1f} s)")
+        if score < best - 1e-5:
+            best, bad = score, 0
+            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        else:
+            bad += 1
+            if bad >= int(t.get("patience", 10)):
+                break
+    return best_state, best, hist
+
+
+def load_model(ckpt: dict, device=None):
+    device = device or get_device()
+    model = build_model(ckpt["config"], NUM_NODE_FEATURES, NUM_EDGE_FEATURES)
+    model.load_state_dict(ckpt["state_dict"])
+    return model.to(device).eval()
+
+
+def train_run(cfg: dict, run_name: str | None = None, df: pd.DataFrame | None = None,
+              models_dir: Path | str | None = None, progress: bool = True) -> dict:
+    """Train (or resume) every fold of one config; returns the CV report."""
+    t = cfg["train"]
+    set_threads(t.get("threads"))
+    device = get_device()
+    run = run_name or cfg.get("name", "run")
+    out = Path(models_dir or MODELS_DIR) / run
+    df = load_train() if df is None else df.reset_index(drop=True)
+    fps = fingerprints(cfg, df)
+    graphs = build_graphs(df, graph_params(cfg), progress=progress)
+    k = int(t["folds"])
+    folds = make_folds(df, k, int(cfg.get("seed", 42)), float(t.get("similarity", 0.8)))
+    sn = df["signal_to_noise"].to_numpy()
+    good = df["SN_filter"].to_numpy() == 1
+    usable = good | (sn >= float(t.get("min_sn", 1.0)))
+    oof = [None] * len(df)
+    fold_reports = []
+    t_run = time.perf_counter()
+    for f in range(k):
+        ck_path = out / f"fold{f}.pt"
+        if ck_path.is_file():
+            ck = torch.load(ck_path, weights_only=False, map_location="cpu")
+            if ck["fingerprints"] != fps:
+                raise RuntimeError(f"{out} holds fold {f} trained with other config/data/features "
+                                   f"({ck['fingerprints']} != {fps}); use another --run-name or delete {out}")
+            if progress:
+                print(f"fold {f}: done already (val MCRMSE {ck['score']:.4f}), skipping")
+        else:
+            tr_idx = np.nonzero((folds != f) & usable)[0]
+            va_idx = np.nonzero((folds == f) & good)[0]
+            t0 = time.perf_counter()
+            state, score, hist = train_fold(cfg, [graphs[i] for i in tr_idx], [graphs[i] for i in va_idx],
+                                            f, device, progress)
+            seconds = time.perf_counter() - t0
+            model = build_model(cfg, NUM_NODE_FEATURES, NUM_EDGE_FEATURES).to(device)
+            model.load_state_dict(state)
+            va_all = np.nonzero(folds == f)[0]
+            preds = predict_graphs(model, [graphs[i] for i in va_all], device=device)
+            ck = dict(state_dict=state, config=cfg, fingerprints=fps, fold=f, score=score, history=hist,
+                      seconds=seconds, device=str(device), n_train=len(tr_idx), n_val=len(va_idx),
+                      oof_index=va_all, oof=[p.astype(np.float32) for p in preds],
+                      torch=torch.__version__)
+            save_atomic(ck, ck_path)
+        for i, p in zip(ck["oof_index"], ck["oof"]):
+            oof[i] = p
+        ep_s = [h["seconds"] for h in ck["history"]]
+        fold_reports.append(dict(fold=f, val_mcrmse=ck["score"], n_train=ck["n_train"], n_val=ck["n_val"],
+                                 epochs=len(ck["history"]), seconds=ck["seconds"],
+                                 seconds_per_epoch=float(np.mean(ep_s)) if ep_s else None, device=ck["device"]))
+    report = cv_report(df, graphs, oof, folds, fold_reports, cfg, run, fps)
+    report["wall_seconds_this_call"] = time.perf_counter() - t_run
+    np.savez_compressed(out / ".oof.tmp.npz", ids=df["id"].to_numpy(), fold=folds,
+                        pred=np.stack([np.pad(p, ((0, 130 - len(p)), (0, 0))) for p in oof]))
+    os.replace(out / ".oof.tmp.npz", out / "oof.npz")
+    write_text_atomic(json.dumps(report, indent=2), out / "cv.json")
+    write_text_atomic(cv_table(report), out / "cv.md")
+    if progress:
+        print(cv_table(report))
+    return report
+
+
+def cv_report(df, graphs, oof, folds, fold_reports, cfg, run, fps) -> dict:
+    good = df["SN_filter"].to_numpy() == 1
+    idx = np.nonzero(good)[0]
+    score, per = score_predictions([oof[i] for i in idx], [graphs[i] for i in idx])
+    L = int(df["seq_scored"].max())
+    pos_err = np.zeros((L, len(TARGETS)))
+    cnt = np.zeros(L)
+    for i in idx:
+        g, p = graphs[i], oof[i]
+        m = g.score_mask.numpy()
+        pos_err[: m.sum()] += (p[m] - g.y[m].numpy()) ** 2
+        cnt[: m.sum()] += 1
+    pos_rmse = np.sqrt(pos_err / np.maximum(cnt, 1)[:, None])[:, SCORED_IDX].mean(1)
+    return dict(run=run, config=cfg, fingerprints=fps, cv_mcrmse=score,
+                cv_rmse={c: float(v) for c, v in zip(TARGETS, per)}, n_scored_rows=int(good.sum()),
+                folds=fold_reports, position_rmse=[float(v) for v in pos_rmse])
+
+
+def cv_table(r: dict) -> str:
+    lines = [f"# CV report: {r['run']}", "",
+             f"MCRMSE (reactivity, deg_Mg_pH10, deg_Mg_50C; SN_filter=1 rows, {r['n_scored_rows']} molecules): "
+             f"**{r['cv_mcrmse']:.4f}**", "",
+             "| target | RMSE |", "| --- | --- |"]
+    lines += [f"| {c}{' (scored)' if c in SCORED else ''} | {v:.4f} |" for c, v in r["cv_rmse"].items()]
+    lines += ["", "| fold | val MCRMSE | train rows | val rows (SN=1) | epochs | s/epoch | fold s | device |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for f in r["folds"]:
+        lines.append(f"| {f['fold']} | {f['val_mcrmse']:.4f} | {f['n_train']} | {f['n_val']} | {f['epochs']} | "
+                     f"{f['seconds_per_epoch']:.1f} | {f['seconds']:.0f} | {f['device']} |")
+    pr = r["position_rmse"]
+    lines += ["", "Error by position (mean RMSE of the scored columns), in blocks of 10:", "",
+              " ".join(f"{k}-{min(k + 9, len(pr) - 1)}: {np.mean(pr[k:k + 10]):.3f}" for k in range(0, len(pr), 10))]
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------- benchmark
+def benchmark(cfg: dict, n_graphs: int = 512) -> dict:
+    """Print graphs/second for a training step and for inference on the current device."""
+    set_threads(cfg["train"].get("threads"))
+    device = get_device()
+    df = load_train().head(n_graphs)
+    graphs = build_graphs(df, graph_params(cfg), progress=False)
+    model = build_model(cfg, NUM_NODE_FEATURES, NUM_EDGE_FEATURES).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    loader = DataLoader(graphs, batch_size=int(cfg["train"]["batch_size"]), shuffle=True)
+    amp = device.type == "cuda"
+    for rep in range(2):                      # first pass warms up
+        t0 = time.perf_counter()
+        model.train()
+        for batch in loader:
+            batch = batch.to(device)
+            opt.zero_grad()
+            with torch.autocast(device.type, enabled=amp):
+                loss = weighted_mcrmse_loss(model(batch), batch, cfg["train"])
+            loss.backward()
+            opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        train_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    predict_graphs(model, graphs, device=device)
+    infer_s = time.perf_counter() - t0
+    res = dict(device=str(device), conv=cfg["model"]["conv"], graphs=len(graphs), threads=torch.get_num_threads(),
+               train_graphs_per_s=len(graphs) / train_s, infer_graphs_per_s=len(graphs) / infer_s)
+    print(json.dumps(res))
+    return res

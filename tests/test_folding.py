@@ -1,0 +1,79 @@
+import numpy as np
+import pytest
+
+from openvaccine import folding
+from openvaccine.folding import FoldParams, base_pair_distance, fold, fold_cached, loop_types
+
+
+@pytest.mark.parametrize("structure, expected", [
+    ("..((((....))))..", "EESSSSHHHHSSSSEE"),              # hairpin + dangling ends
+    ("((..((...))))", "SSBBSSHHHSSSS"),                    # bulge
+    ("((..((...))..))", "SSIISSHHHSSIISS"),                # internal loop
+    ("((.((...)).((...)).))", "SSMSSHHHSSMSSHHHSSMSS"),    # multiloop
+    ("((...))..((...))", "SSHHHSSXXSSHHHSS"),              # external loop between stems
+    ("......", "EEEEEE"),
+    ("((..[[..))..]]", "SSHHSSHHSSEESS"),                  # pseudoknot pairs are stems
+])
+def test_loop_types_rules(structure, expected):
+    assert loop_types(structure) == expected
+
+
+def test_loop_types_reproduce_training_annotation(train_rows):
+    same = sum(loop_types(r["structure"]) == r["predicted_loop_type"] for r in train_rows)
+    assert same >= 0.75 * len(train_rows)
+    for r in train_rows:
+        ours = loop_types(r["structure"])
+        # the only disagreement bpRNA's output shows is X (ours) vs M in the external loop
+        assert {(a, b) for a, b in zip(ours, r["predicted_loop_type"]) if a != b} <= {("X", "M")}
+
+
+def test_vienna_mfe_matches_given_structure_and_bpps_are_probabilities(train_rows):
+    r = train_rows[0]
+    f = fold(r["sequence"])
+    assert f.structure == r["structure"]
+    assert f.method == "vienna-global"
+    assert np.all((f.i < f.j) & (f.p >= folding.MIN_PROB) & (f.p <= 1))
+    assert np.all(f.pair_prob() <= 1.0) and f.dense().shape == (107, 107)
+    assert np.allclose(f.dense(), f.dense().T)
+
+
+def test_linearpartition_engine(train_rows):
+    f = fold(train_rows[0]["sequence"], FoldParams(engine="linearpartition"))
+    assert len(f.structure) == 107 and f.method == "linearpartition-eterna"
+    assert np.all((f.i < f.j) & (f.j < 107)) and 0 < f.pair_prob().max() <= 1
+
+
+def test_long_sequences_fold_locally():
+    rng = np.random.default_rng(0)
+    seq = "".join(rng.choice(list("ACGU"), 300))
+    f = fold(seq, FoldParams(window_above=200, window=80, span=60))
+    assert f.method.startswith("vienna-local") and len(f.structure) == 300
+    assert np.all(f.j - f.i <= 60)
+
+
+def test_cache_hit_costs_no_folding(train_rows, cache_dir, monkeypatch):
+    seqs = [r["sequence"] for r in train_rows[:3]]
+    first = fold_cached(seqs, cache_dir=cache_dir, workers=1, progress=False)
+
+    def boom(*a, **k):
+        raise AssertionError("folded again despite the cache")
+    monkeypatch.setattr(folding, "fold", boom)
+    second = fold_cached(seqs, cache_dir=cache_dir, workers=2, progress=False)
+    for a, b in zip(first, second):
+        assert a.structure == b.structure and np.array_equal(a.p, b.p)
+    # other parameters are another cache key
+    with pytest.raises(AssertionError, match="folded again"):
+        fold_cached(seqs[:1], FoldParams(temperature=50.0), cache_dir=cache_dir, workers=1, progress=False)
+
+
+def test_parallel_fold_matches_serial(train_rows, cache_dir, tmp_path):
+    seqs = [r["sequence"] for r in train_rows[:4]] + [train_rows[0]["sequence"]]
+    par = fold_cached(seqs, cache_dir=cache_dir, workers=2, progress=False)
+    ser = fold_cached(seqs, cache_dir=tmp_path / "other", workers=1, progress=False)
+    assert [f.structure for f in par] == [f.structure for f in ser]
+    assert np.allclose(par[-1].p, par[0].p)
+
+
+def test_base_pair_distance():
+    assert base_pair_distance("((..))", "((..))") == 0
+    assert base_pair_distance("((..))", ".(..)." ) == 1

@@ -1,0 +1,80 @@
+import numpy as np
+import pandas as pd
+import torch
+
+from openvaccine.folding import fold
+from openvaccine.graphs import (EDGE_FEATURES, EDGE_TYPES, NODE_FEATURES, build_graphs, molecule_graph)
+
+
+def _edge_dict(g):
+    return {(int(s), int(d)): a for (s, d), a in zip(g.edge_index.T.tolist(), g.edge_attr)}
+
+
+def test_graph_shapes_targets_and_mask(train_rows):
+    r = train_rows[0]
+    g = molecule_graph(r, fold(r["sequence"]))
+    assert g.x.shape == (107, len(NODE_FEATURES)) and g.edge_attr.shape[1] == len(EDGE_FEATURES)
+    assert g.y.shape == (107, 5) and int(g.score_mask.sum()) == 68
+    assert torch.allclose(g.y[:68, 0], torch.tensor(r["reactivity"], dtype=torch.float32))
+    assert abs(float(g.sn) - r["signal_to_noise"]) < 1e-5 and float(g.sn_filter) == r["SN_filter"]
+    base = g.x[:, :4].argmax(1)
+    assert "".join("ACGU"[i] for i in base) == r["sequence"]
+    assert torch.allclose(g.x[:, NODE_FEATURES.index("p_unpaired")] + g.x[:, NODE_FEATURES.index("bpp_sum")],
+                          torch.ones(107))
+
+
+def test_edges_are_symmetric_with_direction_swapped(train_rows):
+    r = train_rows[1]
+    g = molecule_graph(r, fold(r["sequence"]), bpp_threshold=0.1)
+    e = _edge_dict(g)
+    fwd, bwd = EDGE_TYPES.index("fwd"), EDGE_TYPES.index("bwd")
+    for (s, d), a in e.items():
+        b = e[(d, s)].clone()
+        b[[fwd, bwd]] = b[[bwd, fwd]]
+        assert torch.equal(a, b), (s, d)
+    assert all(e[(i, i + 1)][fwd] == 1 and e[(i + 1, i)][bwd] == 1 for i in range(106))
+    pair = EDGE_TYPES.index("pair")
+    n_pairs = r["structure"].count("(")
+    assert int(g.edge_attr[:, pair].sum()) == 2 * n_pairs
+
+
+def test_pseudoknot_and_bpp_edges():
+    seq = "GGGGAAACCCCAAAAGGGGAAACCCC"
+    st = "((((...[[[[....))))...]]]]"
+    rec = dict(id="pk", sequence=seq)
+    g = molecule_graph(rec, fold(seq), structure=st, bpp_threshold=0.01)
+    e = _edge_dict(g)
+    pk = EDGE_TYPES.index("pk_pair")
+    assert e[(7, 25)][pk] == 1 and e[(25, 7)][pk] == 1 and e[(0, 18)][EDGE_TYPES.index("pair")] == 1
+    assert int(g.edge_attr[:, pk].sum()) == 8
+    bpp = g.edge_attr[:, EDGE_TYPES.index("bpp")] == 1
+    assert bpp.any() and (g.edge_attr[bpp, EDGE_FEATURES.index("p_ij")] >= 0.01).all()
+    assert g.score_mask.sum() == 0                        # unlabelled
+    loops = g.x[:, NODE_FEATURES.index("loop_S")]
+    assert loops[7] == 1 and loops[25] == 1
+
+
+def test_codon_nodes(train_rows):
+    r = train_rows[0]
+    g = molecule_graph(r, fold(r["sequence"]), codon_nodes=True)
+    n_cod = 107 // 3
+    assert g.x.shape[0] == 107 + n_cod and int(g.is_base.sum()) == 107
+    assert g.x[107:, NODE_FEATURES.index("is_codon")].eq(1).all()
+    e = _edge_dict(g)
+    cb = EDGE_TYPES.index("codon_base")
+    assert e[(0, 107)][cb] == 1 and e[(107, 2)][cb] == 1 and e[(107, 108)][EDGE_TYPES.index("codon_codon")] == 1
+    assert not g.score_mask[107:].any()
+
+
+def test_build_graphs_cached_and_mfe_variant(train_rows, cache_dir):
+    df = pd.DataFrame(train_rows[:4])
+    a = build_graphs(df, cache_dir=cache_dir, progress=False, workers=1)
+    files = list((cache_dir / "graphs").glob("*.pt"))
+    assert len(a) == 4 and len(files) == 1
+    b = build_graphs(df, cache_dir=cache_dir, progress=False, workers=1)
+    assert all(torch.equal(x.edge_index, y.edge_index) for x, y in zip(a, b))
+    c = build_graphs(df, structure="mfe", cache_dir=cache_dir, progress=False, workers=1)
+    assert len(list((cache_dir / "graphs").glob("*.pt"))) == 2
+    # 107-nt structures are ViennaRNA's MFE: same graphs
+    assert all(x.structure == y.structure for x, y in zip(a, c))
+    assert np.isclose(float(a[0].x.sum()), float(c[0].x.sum()))
