@@ -1,8 +1,14 @@
 import gzip
 import json
+import os
+import tempfile
 from pathlib import Path
 
-import pytest
+# keep the tests' folding/graph cache out of the repository's cache/
+os.environ.setdefault("OPENVACCINE_CACHE", tempfile.mkdtemp(prefix="ov-test-cache-"))
+
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,9 +35,26 @@ def train_rows():
 
 @pytest.fixture(scope="session")
 def test_rows():
-    return read_rows("test", 10)
+    rows = read_rows("test", 700)
+    return [r for r in rows if r["seq_length"] == 107][:4] + [r for r in rows if r["seq_length"] == 130][:4]
 
 
 @pytest.fixture
 def cache_dir(tmp_path):
     return tmp_path / "cache"
+
+
+@pytest.fixture(scope="session")
+def tiny_cfg():
+    from openvaccine.config import load_config
+    return load_config("smoke", ["train.epochs=2", "train.max_steps=3", "train.threads=1"])
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, train_rows, tiny_cfg):
+    """A tiny 2-fold run trained once for the session: (models_dir, run_name, train DataFrame)."""
+    from openvaccine.train import train_run
+    d = tmp_path_factory.mktemp("models")
+    df = pd.DataFrame(train_rows)
+    train_run(tiny_cfg, run_name="tiny", df=df, models_dir=d, progress=False)
+    return d, "tiny", df

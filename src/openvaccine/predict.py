@@ -1,0 +1,365 @@
+"""Ensembling, blending, Kaggle submissions, and predictions for new sequences.
+
+* every fold of a run predicts; folds are averaged;
+* runs are blended with non-negative weights that sum to 1, fitted per target on the runs'
+  out-of-fold predictions (SN_filter = 1 rows, scored positions);
+* test-time augmentation: each molecule is predicted on its given structure and on the folding
+  engine's MFE structure, and the two are averaged (many given 130-nt test structures are not
+  ViennaRNA's MFE).
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+import warnings
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy.optimize import minimize
+
+from . import SCORED, SCORED_IDX, TARGETS
+from .config import ROOT
+from .data import DataError, load_sample_submission, load_test, load_train, normalise_sequence, pair_table
+from .graphs import build_graphs, graph_params
+from .train import MODELS_DIR, get_device, load_model, mcrmse, predict_graphs, set_threads
+
+SUBMISSIONS_DIR = ROOT / "submissions"
+SUBMISSION_COLUMNS = ["id_seqpos"] + TARGETS
+
+
+class NoModelsError(RuntimeError):
+    pass
+
+
+@dataclass
+class Run:
+    name: str
+    path: Path
+    config: dict
+    checkpoints: list[dict]
+    cv: dict
+
+    @property
+    def graph(self) -> dict:
+        return graph_params(self.config)
+
+
+def load_runs(names: list[str] | None = None, models_dir: Path | str | None = None) -> list[Run]:
+    """Complete runs (every fold saved and a cv.json) under ``models/``."""
+    root = Path(models_dir or MODELS_DIR)
+    if names:
+        dirs = [root / n if not Path(n).is_dir() else Path(n) for n in names]
+    else:
+        dirs = sorted(p for p in root.glob("*") if p.is_dir() and (p / "cv.json").is_file())
+    runs = []
+    for d in dirs:
+        cvp = d / "cv.json"
+        if not cvp.is_file():
+            raise NoModelsError(f"{d}: no cv.json — the run is unfinished; rerun `make train` to complete it")
+        cv = json.loads(cvp.read_text())
+        k = int(cv["config"]["train"]["folds"])
+        cks = []
+        for f in range(k):
+            p = d / f"fold{f}.pt"
+            if not p.is_file():
+                raise NoModelsError(f"{p} missing; rerun `make train` to complete the run")
+            cks.append(torch.load(p, weights_only=False, map_location="cpu"))
+        runs.append(Run(d.name, d, cv["config"], cks, cv))
+    if not runs:
+        raise NoModelsError(f"no trained runs under {root}: run `make train` first")
+    return runs
+
+
+def run_predict(run: Run, df: pd.DataFrame, tta: bool = True, progress: bool = True) -> list[np.ndarray]:
+    """Fold-averaged (and TTA-averaged) per-molecule predictions of one run."""
+    device = get_device()
+    variants = ["given", "mfe"] if tta else ["given"]
+    models = [load_model(ck, device) for ck in run.checkpoints]
+    total = None
+    for v in variants:
+        graphs = build_graphs(df, run.graph, structure=v, progress=progress)
+        for m in models:
+            p = predict_graphs(m, graphs, device=device)
+            total = p if total is None else [a + b for a, b in zip(total, p)]
+    n = len(variants) * len(models)
+    return [a / n for a in total]
+
+
+# ---------------------------------------------------------------- blending
+def _oof_matrix(run: Run, df: pd.DataFrame) -> np.ndarray:
+    z = np.load(run.path / "oof.npz", allow_pickle=True)
+    pos = {i: k for k, i in enumerate(z["ids"])}
+    missing = [i for i in df["id"] if i not in pos]
+    if missing:
+        raise RuntimeError(f"{run.path}/oof.npz lacks {len(missing)} training ids (e.g. {missing[0]}): retrain the run")
+    return z["pred"][[pos[i] for i in df["id"]]]
+
+
+def fit_blend(oofs: list[np.ndarray], y: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Per-target weights [n_runs, 5] ≥ 0 summing to 1 that minimise the OOF RMSE of each target."""
+    n = len(oofs)
+    W = np.zeros((n, len(TARGETS)))
+    for c in range(len(TARGETS)):
+        P = np.stack([o[..., c][mask] for o in oofs], 1)
+        t = y[..., c][mask]
+        if n == 1:
+            W[0, c] = 1.0
+            continue
+        res = minimize(lambda w: np.mean((P @ w - t) ** 2), np.full(n, 1.0 / n), method="SLSQP",
+                       bounds=[(0.0, 1.0)] * n, constraints=[{"type": "eq", "fun": lambda w: w.sum() - 1.0}])
+        w = np.clip(res.x, 0, None)
+        W[:, c] = w / w.sum()
+    return W
+
+
+def blend_report(names: list[str] | None = None, runs: list[Run] | None = None,
+                 df: pd.DataFrame | None = None) -> dict:
+    """OOF MCRMSE (3 scored columns, SN_filter=1) of every run and of the fitted blend."""
+    runs = runs or load_runs(names)
+    df = load_train() if df is None else df
+    good = (df["SN_filter"] == 1).to_numpy()
+    df = df[good].reset_index(drop=True)
+    L = int(df["seq_scored"].max())
+    y = np.zeros((len(df), 130, len(TARGETS)), dtype=np.float32)
+    mask = np.zeros((len(df), 130), dtype=bool)
+    for k, r in enumerate(df.to_dict("records")):
+        s = int(r["seq_scored"])
+        y[k, :s] = np.stack([r[t] for t in TARGETS], 1)
+        mask[k, :s] = True
+    oofs = [_oof_matrix(r, df) for r in runs]
+    W = fit_blend(oofs, y, mask)
+    blend = sum(W[i][None, None, :] * o for i, o in enumerate(oofs))
+    members = {r.name: mcrmse(o[mask], y[mask]) for r, o in zip(runs, oofs)}
+    rep = dict(members=members, weights={r.name: dict(zip(TARGETS, map(float, W[i]))) for i, r in enumerate(runs)},
+               blend_mcrmse=mcrmse(blend[mask], y[mask]),
+               blend_rmse=dict(zip(TARGETS, np.sqrt(((blend[mask] - y[mask]) ** 2).mean(0)).tolist())),
+               n_molecules=int(len(df)), max_scored=L)
+    return rep
+
+
+def ensemble_predict(runs: list[Run], df: pd.DataFrame, tta: bool = True, weights: dict | None = None,
+                     progress: bool = True) -> list[np.ndarray]:
+    """Blend of the runs' fold-averaged predictions (``weights``: run → target → w; default OOF-fitted)."""
+    if weights is None:
+        weights = blend_report(runs=runs)["weights"] if len(runs) > 1 else {runs[0].name: dict.fromkeys(TARGETS, 1.0)}
+    total = None
+    for r in runs:
+        w = np.array([weights[r.name][t] for t in TARGETS], dtype=np.float32)
+        if not w.any():
+            continue
+        p = [a * w for a in run_predict(r, df, tta=tta, progress=progress)]
+        total = p if total is None else [a + b for a, b in zip(total, p)]
+    return total
+
+
+# ---------------------------------------------------------------- submission
+def submission_frame(df: pd.DataFrame, preds: list[np.ndarray]) -> pd.DataFrame:
+    ids = np.concatenate([[f"{i}_{k}" for k in range(len(p))] for i, p in zip(df["id"], preds)])
+    out = pd.DataFrame(np.concatenate(preds), columns=TARGETS)
+    out.insert(0, "id_seqpos", ids)
+    return out
+
+
+def validate_submission(sub: pd.DataFrame, sample: pd.DataFrame) -> None:
+    """Raise ValueError saying what is wrong unless ``sub`` is a valid Kaggle submission."""
+    if list(sub.columns) != SUBMISSION_COLUMNS:
+        raise ValueError(f"submission columns {list(sub.columns)} != {SUBMISSION_COLUMNS}")
+    if len(sub) != len(sample):
+        raise ValueError(f"submission has {len(sub)} rows, sample_submission.csv has {len(sample)}")
+    diff = np.nonzero(sub["id_seqpos"].to_numpy() != sample["id_seqpos"].to_numpy())[0]
+    if len(diff):
+        k = diff[0]
+        raise ValueError(f"id_seqpos differs from sample_submission.csv at row {k + 2}: "
+                         f"{sub['id_seqpos'].iloc[k]!r} != {sample['id_seqpos'].iloc[k]!r} ({len(diff)} rows differ)")
+    vals = sub[TARGETS].to_numpy(dtype=float)
+    bad = ~np.isfinite(vals)
+    if bad.any():
+        r, c = np.argwhere(bad)[0]
+        raise ValueError(f"non-finite {TARGETS[c]} at row {r + 2} ({sub['id_seqpos'].iloc[r]}); {int(bad.sum())} in all")
+
+
+def write_submission(sub: pd.DataFrame, sample: pd.DataFrame, out: Path) -> Path:
+    """Validate, then write atomically (a failure leaves any previous file untouched)."""
+    sub = sub.set_index("id_seqpos").reindex(sample["id_seqpos"]).reset_index()
+    validate_submission(sub, sample)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    sub.to_csv(tmp, index=False, float_format="%.6f")
+    validate_submission(pd.read_csv(tmp), sample)
+    os.replace(tmp, out)
+    return out
+
+
+def make_submission(names: list[str] | None = None, out: str | Path | None = None, tta: bool = True,
+                    models_dir: Path | str | None = None, train: pd.DataFrame | None = None,
+                    test: pd.DataFrame | None = None, sample: pd.DataFrame | None = None) -> Path:
+    """Blend every complete run, predict the test set and write a validated submission."""
+    t0 = time.perf_counter()
+    set_threads(None)
+    try:
+        runs = load_runs(names, models_dir)
+    except NoModelsError as e:
+        raise SystemExit(str(e))
+    rep = blend_report(runs=runs, df=train)
+    print("OOF MCRMSE (SN_filter=1): " + ", ".join(f"{k} {v:.4f}" for k, v in rep["members"].items())
+          + f" → blend {rep['blend_mcrmse']:.4f}")
+    test = load_test() if test is None else test
+    sample = load_sample_submission() if sample is None else sample
+    preds = ensemble_predict(runs, test, tta=tta, weights=rep["weights"])
+    sub = submission_frame(test, preds)
+    out = Path(out) if out else SUBMISSIONS_DIR / "submission.csv"
+    write_submission(sub, sample, out)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    copy = out.with_name(f"submission-{stamp}.csv")
+    tmp = copy.with_name(f".{copy.name}.tmp")
+    tmp.write_bytes(out.read_bytes())
+    os.replace(tmp, copy)
+    meta = dict(runs=[r.name for r in runs], tta=tta, blend=rep, seconds=time.perf_counter() - t0, file=str(out))
+    (out.parent / "submission.json").write_text(json.dumps(meta, indent=2))
+    print(f"wrote {out} ({len(sub)} rows) and {copy.name} in {meta['seconds']:.0f} s")
+    return out
+
+
+# ---------------------------------------------------------------- new sequences
+def read_sequences(path: str | Path) -> pd.DataFrame:
+    """FASTA, or CSV/JSON/JSON-lines with ``id,sequence[,structure]``; validated, T→U, upper-case."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    text = path.read_text()
+    recs = []
+    if path.suffix.lower() in (".fa", ".fasta", ".fna", ".fas") or text.lstrip().startswith(">"):
+        cur = None
+        for lineno, line in enumerate(text.splitlines(), 1):
+            line = line.strip()
+            if not line or line.startswith(";"):
+                continue
+            if line.startswith(">"):
+                cur = dict(id=line[1:].split()[0] if line[1:].split() else "", sequence="", _row=lineno)
+                recs.append(cur)
+            elif cur is None:
+                raise DataError(f"{path}: row {lineno}: sequence before the first '>' header")
+            elif set(line) <= set(".()[]{}<>"):
+                cur["structure"] = cur.get("structure", "") + line
+            else:
+                cur["sequence"] += line
+    elif path.suffix.lower() == ".csv":
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+        recs = [dict(r, _row=k + 2) for k, r in enumerate(df.to_dict("records"))]
+    else:
+        try:
+            obj = json.loads(text)
+            obj = obj if isinstance(obj, list) else [obj]
+        except json.JSONDecodeError:
+            obj = [json.loads(l) for l in text.splitlines() if l.strip()]
+        recs = [dict(r, _row=k + 1) for k, r in enumerate(obj)]
+    if not recs:
+        raise DataError(f"{path}: no records")
+    seen, rows = {}, []
+    for r in recs:
+        rid = str(r.get("id", "")).strip()
+        where = f"{path}: record {r['_row']} (id {rid or '?'})"
+        if not rid:
+            raise DataError(f"{where}: field 'id': missing or empty")
+        if rid in seen:
+            raise DataError(f"{where}: field 'id': duplicate of record {seen[rid]}")
+        seen[rid] = r["_row"]
+        if "sequence" not in r:
+            raise DataError(f"{where}: missing field 'sequence'")
+        seq, changed = normalise_sequence(str(r["sequence"]).strip(), where)
+        if changed:
+            warnings.warn(f"{where}: field 'sequence' normalised (lowercase/T → ACGU)", stacklevel=2)
+        st = str(r.get("structure") or "").strip()
+        if st:
+            if len(st) != len(seq):
+                raise DataError(f"{where}: field 'structure': length {len(st)} != sequence length {len(seq)}")
+            pair_table(st, where)
+        rows.append(dict(id=rid, sequence=seq, structure=st or None, seq_length=len(seq)))
+    return pd.DataFrame(rows)
+
+
+def predict_file(inp: str | Path, out: str | Path, runs: list[str] | None = None, window: str | None = None,
+                 plot_dir: str | Path | None = None, progress: bool = True,
+                 models_dir: Path | str | None = None, train: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per-base predictions for new sequences plus a per-molecule summary (``<out>_summary.csv``)."""
+    from .folding import fold_cached, loop_types
+    from .graphs import fold_params
+    t0 = time.perf_counter()
+    set_threads(None)
+    df = read_sequences(inp)
+    try:
+        rs = load_runs(runs, models_dir)
+    except NoModelsError as e:
+        raise SystemExit(str(e))
+    # fold what is missing (cached); the method (global / local window) is reported per molecule
+    folds = fold_cached(list(df["sequence"]), fold_params(rs[0].graph), progress=progress)
+    df["structure_source"] = ["given" if isinstance(s, str) and s else "mfe" for s in df["structure"]]
+    df["structure"] = [s if isinstance(s, str) and s else f.structure for s, f in zip(df["structure"], folds)]
+    df["predicted_loop_type"] = [loop_types(s) for s in df["structure"]]
+    df["folding"] = [f.method for f in folds]
+    weights = blend_report(runs=rs, df=train)["weights"] if len(rs) > 1 else None
+    preds = ensemble_predict(rs, df, tta=False, weights=weights, progress=progress)
+    rows = []
+    for r, p in zip(df.to_dict("records"), preds):
+        t = pd.DataFrame(p, columns=TARGETS)
+        t.insert(0, "base", list(r["sequence"]))
+        t.insert(0, "seqpos", np.arange(len(p)))
+        t.insert(0, "id", r["id"])
+        rows.append(t)
+    per_base = pd.concat(rows, ignore_index=True)
+    lo, hi = None, None
+    if window:
+        try:
+            lo, hi = (int(v) for v in window.split(":"))
+        except ValueError:
+            raise SystemExit(f"--window {window!r}: expected START:END (0-based, end exclusive)")
+    summ = []
+    for r, p in zip(df.to_dict("records"), preds):
+        s = dict(id=r["id"], length=len(p), structure_source=r["structure_source"], folding=r["folding"])
+        s.update({f"mean_{t}": float(p[:, c].mean()) for c, t in enumerate(TARGETS)})
+        s.update({f"sum_{t}": float(p[:, c].sum()) for c, t in enumerate(TARGETS)})
+        if lo is not None:
+            w = p[max(lo, 0):min(hi, len(p))]
+            s["window"] = f"{lo}:{hi}"
+            s.update({f"window_mean_{t}": float(w[:, c].mean()) if len(w) else float("nan") for c, t in enumerate(TARGETS)})
+            s.update({f"window_sum_{t}": float(w[:, c].sum()) for c, t in enumerate(TARGETS)})
+        summ.append(s)
+    summary = pd.DataFrame(summ)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sum_path = out.with_name(out.stem + "_summary.csv")
+    for frame, path in ((per_base, out), (summary, sum_path)):
+        tmp = path.with_name(f".{path.name}.tmp")
+        frame.to_csv(tmp, index=False, float_format="%.5f")
+        os.replace(tmp, path)
+    if plot_dir:
+        plot_predictions(df, preds, Path(plot_dir))
+    if progress:
+        print(f"wrote {out} ({len(per_base)} bases) and {sum_path.name} for {len(df)} molecules "
+              f"in {time.perf_counter() - t0:.1f} s; folding: " + ", ".join(sorted(set(df['folding']))))
+    return summary
+
+
+def plot_predictions(df: pd.DataFrame, preds: list[np.ndarray], plot_dir: Path) -> list[Path]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    plot_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for r, p in zip(df.to_dict("records"), preds):
+        fig, ax = plt.subplots(figsize=(min(3 + len(p) / 25, 40), 3.5))
+        for c, t in enumerate(TARGETS):
+            ax.plot(p[:, c], lw=1, label=t)
+        ax.set_xlabel("position"); ax.set_ylabel("predicted"); ax.set_title(r["id"])
+        ax.legend(fontsize=7, ncol=5)
+        fig.tight_layout()
+        path = plot_dir / f"{''.join(ch if ch.isalnum() or ch in '-_.' else '_' for ch in r['id'])}.png"
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        paths.append(path)
+    return paths

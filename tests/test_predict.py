@@ -1,0 +1,124 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from openvaccine import TARGETS
+from openvaccine.data import DataError
+from openvaccine.predict import (fit_blend, load_runs, make_submission, predict_file, read_sequences,
+                                 submission_frame, validate_submission, write_submission)
+
+
+def _sample(rows):
+    ids = [f"{r['id']}_{k}" for r in rows for k in range(r["seq_length"])]
+    s = pd.DataFrame({"id_seqpos": ids})
+    for t in TARGETS:
+        s[t] = 0.0
+    return s
+
+
+def test_validator_says_what_is_wrong(test_rows):
+    sample = _sample(test_rows[:2])
+    good = sample.copy()
+    good[TARGETS] = 0.5
+    validate_submission(good, sample)
+    with pytest.raises(ValueError, match="columns"):
+        validate_submission(good.drop(columns="deg_50C"), sample)
+    with pytest.raises(ValueError, match="rows"):
+        validate_submission(good.iloc[:-1], sample)
+    swapped = good.copy()
+    swapped.loc[[0, 1], "id_seqpos"] = swapped.loc[[1, 0], "id_seqpos"].to_numpy()
+    with pytest.raises(ValueError, match="id_seqpos differs .* row 2"):
+        validate_submission(swapped, sample)
+    nan = good.copy()
+    nan.loc[5, "deg_pH10"] = np.nan
+    with pytest.raises(ValueError, match="non-finite deg_pH10 at row 7"):
+        validate_submission(nan, sample)
+
+
+def test_failed_write_leaves_previous_submission(tmp_path, test_rows):
+    sample = _sample(test_rows[:2])
+    out = tmp_path / "submission.csv"
+    out.write_text("previous\n")
+    df = pd.DataFrame(test_rows[:2])
+    preds = [np.full((r["seq_length"], 5), np.nan) for r in test_rows[:2]]
+    with pytest.raises(ValueError, match="non-finite"):
+        write_submission(submission_frame(df, preds), sample, out)
+    assert out.read_text() == "previous\n" and not list(tmp_path.glob(".*tmp"))
+
+
+def test_blend_weights_are_a_convex_combination():
+    rng = np.random.default_rng(0)
+    y = rng.normal(size=(50, 130, 5))
+    good = y + rng.normal(scale=0.1, size=y.shape)
+    bad = y + rng.normal(scale=1.0, size=y.shape)
+    mask = np.zeros((50, 130), bool)
+    mask[:, :68] = True
+    W = fit_blend([good, bad], y, mask)
+    assert np.allclose(W.sum(0), 1) and (W >= 0).all() and (W[0] > 0.9).all()
+
+
+def test_submit_without_models_says_what_to_run(tmp_path):
+    with pytest.raises(SystemExit, match="make train"):
+        make_submission(models_dir=tmp_path)
+
+
+def test_submission_from_tiny_run(trained, test_rows, tmp_path):
+    d, run, train_df = trained
+    sample = _sample(test_rows)
+    out = make_submission(out=tmp_path / "submission.csv", models_dir=d, train=train_df,
+                          test=pd.DataFrame(test_rows), sample=sample)
+    sub = pd.read_csv(out)
+    assert list(sub.columns) == ["id_seqpos"] + TARGETS and len(sub) == len(sample)
+    assert (sub["id_seqpos"] == sample["id_seqpos"]).all() and np.isfinite(sub[TARGETS].to_numpy()).all()
+    assert len(list(tmp_path.glob("submission-*.csv"))) == 1 and (tmp_path / "submission.json").is_file()
+    # 130-nt molecules are predicted at every base
+    long_id = next(r["id"] for r in test_rows if r["seq_length"] == 130)
+    assert sub["id_seqpos"].str.startswith(long_id + "_").sum() == 130
+
+
+@pytest.mark.parametrize("content, suffix, match", [
+    (">a\nACGX\n", ".fasta", r"record 1 \(id a\): field 'sequence': invalid character 'X'"),
+    (">a\n\n>b\nACGU\n", ".fasta", r"id a.*empty"),
+    (">a\nACGU\n>a\nACGU\n", ".fasta", r"record 3 \(id a\): field 'id': duplicate of record 1"),
+    ("id,sequence,structure\nm1,ACGUACGU,((..))\n", ".csv", r"record 2 \(id m1\): field 'structure': length 6"),
+    ('[{"id": "m1", "sequence": "ACGU", "structure": "((.."}]', ".json", r"unbalanced"),
+])
+def test_read_sequences_errors_name_the_record(tmp_path, content, suffix, match):
+    p = tmp_path / f"in{suffix}"
+    p.write_text(content)
+    with pytest.raises(DataError, match=match):
+        read_sequences(p)
+
+
+def test_read_sequences_formats(tmp_path):
+    fa = tmp_path / "a.fasta"
+    fa.write_text(">x desc\nacgt\nACGU\n>y\nGGGAAACCC\n(((...)))\n")
+    with pytest.warns(UserWarning, match="normalised"):
+        df = read_sequences(fa)
+    assert list(df["id"]) == ["x", "y"] and df["sequence"][0] == "ACGUACGU"
+    assert pd.isna(df["structure"][0]) and df["structure"][1] == "(((...)))"
+    js = tmp_path / "a.jsonl"
+    js.write_text('{"id": "p", "sequence": "ACGU"}\n{"id": "q", "sequence": "GGCC"}\n')
+    assert list(read_sequences(js)["id"]) == ["p", "q"]
+
+
+def test_predict_short_and_long_sequences(trained, tmp_path):
+    d, run, train_df = trained
+    rng = np.random.default_rng(1)
+    long_seq = "".join(rng.choice(list("ACGU"), 1100))
+    fa = tmp_path / "in.fasta"
+    fa.write_text(f">short\nGGGAAAUCCCGCGAAAGCGG\n(((......)))........\n>long\n{long_seq}\n")
+    out = tmp_path / "preds.csv"
+    summary = predict_file(fa, out, models_dir=d, train=train_df, window="0:10", plot_dir=tmp_path / "plots",
+                           progress=False)
+    per_base = pd.read_csv(out)
+    assert list(per_base.columns) == ["id", "seqpos", "base"] + TARGETS
+    assert len(per_base) == 20 + 1100 and np.isfinite(per_base[TARGETS].to_numpy()).all()
+    assert "".join(per_base[per_base.id == "short"]["base"]) == "GGGAAAUCCCGCGAAAGCGG"
+    s = pd.read_csv(tmp_path / "preds_summary.csv").set_index("id")
+    assert s.loc["short", "structure_source"] == "given" and s.loc["long", "structure_source"] == "mfe"
+    assert s.loc["short", "folding"] == "vienna-global" and s.loc["long", "folding"].startswith("vienna-local")
+    np.testing.assert_allclose(s.loc["short", "window_mean_reactivity"],
+                               per_base[per_base.id == "short"]["reactivity"][:10].mean(), atol=1e-4)
+    assert len(list((tmp_path / "plots").glob("*.png"))) == 2
+    assert len(summary) == 2 and load_runs(models_dir=d)[0].name == run

@@ -1,0 +1,122 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from openvaccine import train as T
+from openvaccine.config import apply_overrides, load_config
+from openvaccine.graphs import NUM_EDGE_FEATURES, NUM_NODE_FEATURES, build_graphs
+from openvaccine.models import CONVS, build_model
+
+
+def test_config_inheritance_and_overrides():
+    cfg = load_config("gine", ["model.hidden=64", "train.lr=0.01", "graph.codon_nodes=true"])
+    assert cfg["model"]["conv"] == "gine" and cfg["model"]["hidden"] == 64
+    assert cfg["train"]["lr"] == 0.01 and cfg["graph"]["codon_nodes"] is True
+    assert cfg["train"]["folds"] == 5                     # inherited from default.yaml
+    with pytest.raises(ValueError, match="key=value"):
+        apply_overrides(cfg, ["model.hidden"])
+
+
+@pytest.mark.parametrize("conv", CONVS)
+def test_every_architecture_runs_forward_and_backward(conv, train_rows):
+    graphs = build_graphs(pd.DataFrame(train_rows[:3]), {"codon_nodes": conv == "edgegated"}, progress=False, workers=1)
+    from torch_geometric.loader import DataLoader
+    batch = next(iter(DataLoader(graphs, batch_size=3)))
+    cfg = load_config("smoke", [f"model.conv={conv}"])
+    model = build_model(cfg, NUM_NODE_FEATURES, NUM_EDGE_FEATURES)
+    out = model(batch)
+    assert out.shape == (3 * 107, 5)
+    T.weighted_mcrmse_loss(out, batch, cfg["train"]).backward()
+    assert all(p.grad is not None for p in model.embed.parameters())
+
+
+def test_edge_features_change_the_output_only_for_edge_aware_layers(train_rows):
+    graphs = build_graphs(pd.DataFrame(train_rows[:1]), progress=False, workers=1)
+    from torch_geometric.loader import DataLoader
+    b = next(iter(DataLoader(graphs, batch_size=1)))
+    b2 = b.clone()
+    b2.edge_attr = torch.zeros_like(b2.edge_attr)
+    for conv, aware in (("edgegated", True), ("transformer", True), ("sage", False)):
+        torch.manual_seed(0)
+        m = build_model(load_config("smoke", [f"model.conv={conv}", "model.gru_layers=0"]),
+                        NUM_NODE_FEATURES, NUM_EDGE_FEATURES).eval()
+        changed = not torch.allclose(m(b), m(b2))
+        assert changed == aware, conv
+
+
+def test_folds_group_similar_sequences():
+    rng = np.random.default_rng(0)
+    base = ["".join(rng.choice(list("ACGU"), 50)) for _ in range(10)]
+    seqs = []
+    for s in base:
+        for k in range(3):                               # 3 near-copies of each
+            seqs.append(s[:k] + ("A" if s[k] != "A" else "C") + s[k + 1:])
+    df = pd.DataFrame(dict(sequence=seqs, SN_filter=1))
+    folds = T.make_folds(df, 5, 0, 0.8)
+    for g in range(10):
+        assert len(set(folds[3 * g:3 * g + 3])) == 1
+    assert sorted(np.bincount(folds)) == [6, 6, 6, 6, 6]
+
+
+def test_smoke_training_loss_falls(train_rows, tiny_cfg):
+    graphs = build_graphs(pd.DataFrame(train_rows), progress=False, workers=1)
+    cfg = apply_overrides(tiny_cfg, ["train.epochs=6", "train.max_steps=4", "train.lr=0.005"])
+    _, best, hist = T.train_fold(cfg, graphs[:32], graphs[32:], 0, torch.device("cpu"), progress=False)
+    losses = [h["train_loss"] for h in hist]
+    assert losses[-1] < 0.8 * losses[0], losses
+    assert np.isfinite(best) and best == min(h["val_mcrmse"] for h in hist)
+
+
+def test_run_outputs_and_checkpoint_round_trip(trained):
+    d, run, df = trained
+    out = d / run
+    cv = json.loads((out / "cv.json").read_text())
+    assert {"cv_mcrmse", "cv_rmse", "folds", "position_rmse"} <= set(cv) and len(cv["folds"]) == 2
+    assert len(cv["position_rmse"]) == 68 and (out / "cv.md").read_text().startswith("# CV report")
+    oof = np.load(out / "oof.npz", allow_pickle=True)
+    assert oof["pred"].shape == (len(df), 130, 5) and list(oof["ids"]) == list(df["id"])
+    ck = torch.load(out / "fold0.pt", weights_only=False)
+    assert ck["fingerprints"]["data"] and ck["config"]["name"] == "smoke"
+    model = T.load_model(ck, torch.device("cpu"))
+    graphs = build_graphs(df, progress=False)
+    again = T.predict_graphs(model, [graphs[i] for i in ck["oof_index"]])
+    for a, b in zip(again, ck["oof"]):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_resume_trains_only_unfinished_folds(trained, tiny_cfg, monkeypatch, tmp_path):
+    d, run, df = trained
+    import shutil
+    dst = tmp_path / run
+    shutil.copytree(d / run, dst)
+    (dst / "fold1.pt").unlink()                            # interrupted during fold 1
+    (dst / "cv.json").unlink()
+    calls = []
+    real = T.train_fold
+
+    def spy(cfg, tr, va, fold, device, progress=True):
+        calls.append(fold)
+        return real(cfg, tr, va, fold, device, progress)
+    monkeypatch.setattr(T, "train_fold", spy)
+    rep = T.train_run(tiny_cfg, run_name=run, df=df, models_dir=tmp_path, progress=False)
+    assert calls == [1] and (dst / "fold1.pt").is_file() and (dst / "cv.json").is_file()
+    assert rep["folds"][0]["val_mcrmse"] == json.loads((d / run / "cv.json").read_text())["folds"][0]["val_mcrmse"]
+    # same folder, different config: refuse rather than mix models
+    with pytest.raises(RuntimeError, match="other config"):
+        T.train_run(apply_overrides(tiny_cfg, ["model.hidden=16"]), run_name=run, df=df, models_dir=tmp_path,
+                    progress=False)
+
+
+def test_device_agnostic_prediction(trained):
+    d, run, df = trained
+    ck = torch.load(d / run / "fold0.pt", weights_only=False)
+    dev = T.get_device()
+    assert dev.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    graphs = build_graphs(df.head(3), progress=False)
+    a = T.predict_graphs(T.load_model(ck, torch.device("cpu")), graphs)
+    b = T.predict_graphs(T.load_model(ck, dev), graphs)
+    for x, y in zip(a, b):
+        np.testing.assert_allclose(x, y, atol=1e-2)
