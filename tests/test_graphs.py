@@ -78,3 +78,10 @@ def test_build_graphs_cached_and_mfe_variant(train_rows, cache_dir):
     # 107-nt structures are ViennaRNA's MFE: same graphs
     assert all(x.structure == y.structure for x, y in zip(a, c))
     assert np.isclose(float(a[0].x.sum()), float(c[0].x.sum()))
+
+
+def test_structure_of_wrong_length_is_an_error():
+    import pytest
+    from openvaccine.data import DataError
+    with pytest.raises(DataError, match=r"molecule m: field 'structure': length 3 != sequence length 4"):
+        molecule_graph(dict(id="m", sequence="GGCC"), fold("GGCC"), structure="(.)")

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from . import ERRORS, TARGETS
 from .config import fingerprint
-from .data import PAIR_OPEN, pair_table
+from .data import PAIR_OPEN, DataError, pair_table
 from .folding import CACHE_DIR, Fold, FoldParams, fold_cached, loop_types
 
 BASES = "ACGU"
@@ -136,6 +136,8 @@ def molecule_graph(rec: dict, f: Fold, structure: str | None = None, loops: str 
     seq = rec["sequence"]
     n = len(seq)
     structure = structure if structure is not None else rec.get("structure") or f.structure
+    if len(structure) != n:
+        raise DataError(f"molecule {rec['id']}: field 'structure': length {len(structure)} != sequence length {n}")
     if loops is None:
         given = rec.get("predicted_loop_type")
         loops = given if given and structure == rec.get("structure") else loop_types(structure)
