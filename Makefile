@@ -6,7 +6,7 @@ MEMBERS ?= default
 INPUT ?=
 OUT ?= predictions.csv
 
-.PHONY: all setup data features train submit score predict bench test report-loops clean-cache
+.PHONY: all setup data features train submit score predict bench test report-loops clean-cache compare
 
 all: data features train submit
 
@@ -52,3 +52,10 @@ test:  ## the test suite (tiny inputs; notebooks executed on a small sample)
 
 clean-cache:
 	rm -rf cache
+
+COMPARE ?= default transformer_nogru gatv2 gine edgegated sage
+COMPARE_EPOCHS ?= 12
+compare:  ## architecture comparison on fold 0 (quick protocol), then reports/experiments.md
+	for c in $(COMPARE); do $(PYTHON) -m openvaccine train --config $$c --run-name cmp-$$c \
+	  train.only_folds=[0] train.epochs=$(COMPARE_EPOCHS) || exit 1; done
+	$(PYTHON) -m openvaccine report --out reports/runs.md

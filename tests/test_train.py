@@ -120,3 +120,16 @@ def test_device_agnostic_prediction(trained):
     b = T.predict_graphs(T.load_model(ck, dev), graphs)
     for x, y in zip(a, b):
         np.testing.assert_allclose(x, y, atol=1e-2)
+
+
+def test_fold_subset_run_is_reported_but_not_an_ensemble_member(trained, tiny_cfg, tmp_path):
+    from openvaccine.predict import load_runs
+    d, run, df = trained
+    cfg = apply_overrides(tiny_cfg, ["train.only_folds=[0]", "train.epochs=1"])
+    rep = T.train_run(cfg, run_name="part", df=df, models_dir=tmp_path, progress=False)
+    assert rep["partial"] and [f["fold"] for f in rep["folds"]] == [0]
+    assert not (tmp_path / "part" / "fold1.pt").exists()
+    with pytest.raises(Exception, match="make train"):
+        load_runs(models_dir=tmp_path)
+    table = T.experiments_table(tmp_path)
+    assert "| part | transformer |" in table and f"{rep['cv_mcrmse']:.4f}" in table

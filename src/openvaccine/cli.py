@@ -82,6 +82,15 @@ def cmd_predict(args):
     predict_file(args.input, args.out, runs=args.runs, window=args.window, plot_dir=args.plot_dir)
 
 
+def cmd_report(args):
+    from .train import experiments_table
+    text = experiments_table()
+    if args.out:
+        from pathlib import Path
+        Path(args.out).write_text(text)
+    print(text)
+
+
 def cmd_bench(args):
     from .train import benchmark
     benchmark(_cfg(args), n_graphs=args.n)
@@ -122,6 +131,9 @@ def main(argv=None):
     p.add_argument("--window", default=None, help="summary window START:END (0-based, end exclusive)")
     p.add_argument("--plot-dir", default=None, help="write one PNG per molecule here")
     p.set_defaults(fn=cmd_predict)
+    p = sub.add_parser("report", help="table of every trained run (full and fold-subset) from models/*/cv.json")
+    p.add_argument("--out", default=None)
+    p.set_defaults(fn=cmd_report)
     p = with_config(sub.add_parser("bench", help="graphs/second for training and inference"))
     p.add_argument("--n", type=int, default=512)
     p.set_defaults(fn=cmd_bench)

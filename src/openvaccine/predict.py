@@ -62,6 +62,8 @@ def load_runs(names: list[str] | None = None, models_dir: Path | str | None = No
         if not cvp.is_file():
             raise NoModelsError(f"{d}: no cv.json — the run is unfinished; rerun `make train` to complete it")
         cv = json.loads(cvp.read_text())
+        if cv.get("partial") and not names:
+            continue                                   # fold-subset comparison runs are not ensemble members
         k = int(cv["config"]["train"]["folds"])
         cks = []
         for f in range(k):

@@ -240,7 +240,8 @@ def train_run(cfg: dict, run_name: str | None = None, df: pd.DataFrame | None = 
     oof = [None] * len(df)
     fold_reports = []
     t_run = time.perf_counter()
-    for f in range(k):
+    only = t.get("only_folds")
+    for f in (range(k) if only is None else [int(x) for x in only]):
         ck_path = out / f"fold{f}.pt"
         if ck_path.is_file():
             ck = torch.load(ck_path, weights_only=False, map_location="cpu")
@@ -273,8 +274,11 @@ def train_run(cfg: dict, run_name: str | None = None, df: pd.DataFrame | None = 
                                  seconds_per_epoch=float(np.mean(ep_s)) if ep_s else None, device=ck["device"]))
     report = cv_report(df, graphs, oof, folds, fold_reports, cfg, run, fps)
     report["wall_seconds_this_call"] = time.perf_counter() - t_run
+    report["partial"] = only is not None            # a quick comparison on some folds: not an ensemble member
+    empty = np.full((130, 5), np.nan, dtype=np.float32)
     np.savez_compressed(out / ".oof.tmp.npz", ids=df["id"].to_numpy(), fold=folds,
-                        pred=np.stack([np.pad(p, ((0, 130 - len(p)), (0, 0))) for p in oof]))
+                        pred=np.stack([np.pad(p, ((0, 130 - len(p)), (0, 0))) if p is not None else empty
+                                       for p in oof]))
     os.replace(out / ".oof.tmp.npz", out / "oof.npz")
     write_text_atomic(json.dumps(report, indent=2), out / "cv.json")
     write_text_atomic(cv_table(report), out / "cv.md")
@@ -285,7 +289,7 @@ def train_run(cfg: dict, run_name: str | None = None, df: pd.DataFrame | None = 
 
 def cv_report(df, graphs, oof, folds, fold_reports, cfg, run, fps) -> dict:
     good = df["SN_filter"].to_numpy() == 1
-    idx = np.nonzero(good)[0]
+    idx = [i for i in np.nonzero(good)[0] if oof[i] is not None]
     score, per = score_predictions([oof[i] for i in idx], [graphs[i] for i in idx])
     L = int(df["seq_scored"].max())
     pos_err = np.zeros((L, len(TARGETS)))
@@ -297,7 +301,7 @@ def cv_report(df, graphs, oof, folds, fold_reports, cfg, run, fps) -> dict:
         cnt[: m.sum()] += 1
     pos_rmse = np.sqrt(pos_err / np.maximum(cnt, 1)[:, None])[:, SCORED_IDX].mean(1)
     return dict(run=run, config=cfg, fingerprints=fps, cv_mcrmse=score,
-                cv_rmse={c: float(v) for c, v in zip(TARGETS, per)}, n_scored_rows=int(good.sum()),
+                cv_rmse={c: float(v) for c, v in zip(TARGETS, per)}, n_scored_rows=len(idx),
                 folds=fold_reports, position_rmse=[float(v) for v in pos_rmse])
 
 
@@ -349,3 +353,21 @@ def benchmark(cfg: dict, n_graphs: int = 512) -> dict:
                train_graphs_per_s=len(graphs) / train_s, infer_graphs_per_s=len(graphs) / infer_s)
     print(json.dumps(res))
     return res
+
+
+def experiments_table(models_dir: Path | str | None = None) -> str:
+    """Markdown table of every run under ``models/`` (CV on SN_filter=1 rows, time per epoch)."""
+    rows = []
+    for cvp in sorted(Path(models_dir or MODELS_DIR).glob("*/cv.json")):
+        r = json.loads(cvp.read_text())
+        m, t = r["config"]["model"], r["config"]["train"]
+        folds = r["folds"]
+        rows.append("| {run} | {conv} | {gru} | {h}x{L} | {folds} | {ep} | **{cv:.4f}** | {re:.4f} | {mg:.4f} | {c50:.4f} | {spe:.1f} | {fs:.0f} | {dev} |".format(
+            run=r["run"], conv=m["conv"], gru=m.get("gru_layers", 0), h=m["hidden"], L=m["layers"],
+            folds=",".join(str(f["fold"]) for f in folds), ep=t["epochs"], cv=r["cv_mcrmse"],
+            re=r["cv_rmse"]["reactivity"], mg=r["cv_rmse"]["deg_Mg_pH10"], c50=r["cv_rmse"]["deg_Mg_50C"],
+            spe=float(np.mean([f["seconds_per_epoch"] for f in folds])), fs=float(np.mean([f["seconds"] for f in folds])),
+            dev=folds[0]["device"]))
+    head = ("| run | conv | BiGRU layers | hidden x layers | folds | max epochs | CV MCRMSE | reactivity | deg_Mg_pH10 | "
+            "deg_Mg_50C | s/epoch | s/fold | device |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    return head + "\n" + "\n".join(rows) + "\n"
