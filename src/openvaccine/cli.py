@@ -24,7 +24,8 @@ def cmd_data(args):
         sys.exit("input/ check failed:\n  " + "\n  ".join(problems))
     tr, te, ss = load_train(), load_test(), load_sample_submission()
     print(f"input/ OK: train {len(tr)} molecules ({int(tr.SN_filter.sum())} SN_filter=1), "
-          f"test {len(te)} ({dict(te.seq_length.value_counts().sort_index())}), sample_submission {len(ss)} rows")
+          f"test {len(te)} ({ {int(k): int(v) for k, v in te.seq_length.value_counts().sort_index().items()} }), "
+          f"sample_submission {len(ss)} rows")
 
 
 def cmd_features(args):
