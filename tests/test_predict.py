@@ -43,7 +43,7 @@ def test_failed_write_leaves_previous_submission(tmp_path, test_rows):
     preds = [np.full((r["seq_length"], 5), np.nan) for r in test_rows[:2]]
     with pytest.raises(ValueError, match="non-finite"):
         write_submission(submission_frame(df, preds), sample, out)
-    assert out.read_text() == "previous\n" and not list(tmp_path.glob(".*tmp"))
+    assert out.read_text() == "previous\n" and not list(tmp_path.glob(".*.tmp*"))
 
 
 def test_blend_weights_are_a_convex_combination():

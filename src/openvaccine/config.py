@@ -8,8 +8,10 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import yaml
 
@@ -75,3 +77,20 @@ def fingerprint(obj: Any, n: int = 12) -> str:
     """Stable short hash of any JSON-serialisable object."""
     blob = json.dumps(obj, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:n]
+
+
+@contextmanager
+def atomic_path(path: Path | str) -> Iterator[Path]:
+    """Yield a temporary sibling of ``path`` to write; rename it into place only if the block succeeds.
+
+    A failure (or a check raising inside the block) removes the temporary file and leaves any
+    previous ``path`` untouched. The temporary name keeps the suffix (``np.savez`` needs it).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -25,7 +25,7 @@ from typing import Iterable, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from .config import ROOT, fingerprint
+from .config import ROOT, atomic_path, fingerprint
 from .data import pair_table
 
 CACHE_DIR = Path(os.environ.get("OPENVACCINE_CACHE", ROOT / "cache"))
@@ -145,10 +145,8 @@ def _cache_file(seq: str, key: str, cache_dir: Path) -> Path:
 
 
 def _save(path: Path, f: Fold) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
-    np.savez(tmp, n=f.n, i=f.i, j=f.j, p=f.p, structure=f.structure, energy=f.energy, method=f.method)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        np.savez(tmp, n=f.n, i=f.i, j=f.j, p=f.p, structure=f.structure, energy=f.energy, method=f.method)
 
 
 def _load(path: Path) -> Fold:

@@ -29,7 +29,7 @@ from torch_geometric.data import Data
 from tqdm.auto import tqdm
 
 from . import ERRORS, TARGETS
-from .config import fingerprint
+from .config import atomic_path, fingerprint
 from .data import PAIR_OPEN, DataError, pair_table
 from .folding import CACHE_DIR, Fold, FoldParams, fold_cached, loop_types
 
@@ -208,8 +208,6 @@ def build_graphs(df: pd.DataFrame, params: dict | None = None, structure: str | 
         out.append(molecule_graph(rec, f, structure=s, bpp_threshold=float(p["bpp_threshold"]),
                                   codon_nodes=bool(p["codon_nodes"])))
     if cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save(out, tmp)
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            torch.save(out, tmp)
     return out

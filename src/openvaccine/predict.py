@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import json
-import os
+import shutil
 import time
 import warnings
 from dataclasses import dataclass
@@ -23,7 +23,7 @@ import torch
 from scipy.optimize import minimize
 
 from . import SCORED, SCORED_IDX, TARGETS
-from .config import ROOT
+from .config import ROOT, atomic_path
 from .data import DataError, load_sample_submission, load_test, load_train, normalise_sequence, pair_table
 from .graphs import build_graphs, graph_params
 from .train import MODELS_DIR, get_device, load_model, mcrmse, predict_graphs, set_threads
@@ -189,11 +189,9 @@ def write_submission(sub: pd.DataFrame, sample: pd.DataFrame, out: Path) -> Path
     """Validate, then write atomically (a failure leaves any previous file untouched)."""
     sub = sub.set_index("id_seqpos").reindex(sample["id_seqpos"]).reset_index()
     validate_submission(sub, sample)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    sub.to_csv(tmp, index=False, float_format="%.6f")
-    validate_submission(pd.read_csv(tmp), sample)
-    os.replace(tmp, out)
+    with atomic_path(out) as tmp:
+        sub.to_csv(tmp, index=False, float_format="%.6f")
+        validate_submission(pd.read_csv(tmp), sample)
     return out
 
 
@@ -218,9 +216,8 @@ def make_submission(names: list[str] | None = None, out: str | Path | None = Non
     write_submission(sub, sample, out)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     copy = out.with_name(f"submission-{stamp}.csv")
-    tmp = copy.with_name(f".{copy.name}.tmp")
-    tmp.write_bytes(out.read_bytes())
-    os.replace(tmp, copy)
+    with atomic_path(copy) as tmp:
+        shutil.copyfile(out, tmp)
     meta = dict(runs=[r.name for r in runs], tta=tta, blend=rep, seconds=time.perf_counter() - t0, file=str(out))
     (out.parent / "submission.json").write_text(json.dumps(meta, indent=2))
     print(f"wrote {out} ({len(sub)} rows) and {copy.name} in {meta['seconds']:.0f} s")
@@ -333,12 +330,10 @@ def predict_file(inp: str | Path, out: str | Path, runs: list[str] | None = None
         summ.append(s)
     summary = pd.DataFrame(summ)
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     sum_path = out.with_name(out.stem + "_summary.csv")
     for frame, path in ((per_base, out), (summary, sum_path)):
-        tmp = path.with_name(f".{path.name}.tmp")
-        frame.to_csv(tmp, index=False, float_format="%.5f")
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            frame.to_csv(tmp, index=False, float_format="%.5f")
     if plot_dir:
         plot_predictions(df, preds, Path(plot_dir))
     if progress:

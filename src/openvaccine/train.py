@@ -25,7 +25,7 @@ from torch_geometric.loader import DataLoader
 from tqdm.auto import tqdm
 
 from . import SCORED, SCORED_IDX, TARGETS
-from .config import ROOT, fingerprint
+from .config import ROOT, atomic_path, fingerprint
 from .data import data_fingerprint, load_train
 from .folding import FoldParams
 from .graphs import NUM_EDGE_FEATURES, NUM_NODE_FEATURES, build_graphs, fold_params, graph_params
@@ -56,17 +56,13 @@ def mcrmse(pred: np.ndarray, y: np.ndarray, cols=SCORED_IDX) -> float:
 
 
 def save_atomic(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def write_text_atomic(text: str, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
 
 
 # ---------------------------------------------------------------- folds
@@ -276,10 +272,10 @@ def train_run(cfg: dict, run_name: str | None = None, df: pd.DataFrame | None = 
     report["wall_seconds_this_call"] = time.perf_counter() - t_run
     report["partial"] = only is not None            # a quick comparison on some folds: not an ensemble member
     empty = np.full((130, 5), np.nan, dtype=np.float32)
-    np.savez_compressed(out / ".oof.tmp.npz", ids=df["id"].to_numpy(), fold=folds,
-                        pred=np.stack([np.pad(p, ((0, 130 - len(p)), (0, 0))) if p is not None else empty
-                                       for p in oof]))
-    os.replace(out / ".oof.tmp.npz", out / "oof.npz")
+    with atomic_path(out / "oof.npz") as tmp:
+        np.savez_compressed(tmp, ids=df["id"].to_numpy(), fold=folds,
+                            pred=np.stack([np.pad(p, ((0, 130 - len(p)), (0, 0))) if p is not None else empty
+                                           for p in oof]))
     write_text_atomic(json.dumps(report, indent=2), out / "cv.json")
     write_text_atomic(cv_table(report), out / "cv.md")
     if progress:
