@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import torch
 
 from . import ERRORS, SCORED, TARGETS
 from .data import pair_table

@@ -19,7 +19,6 @@ Targets ``y`` (5 columns), ``score_mask`` (scored positions), per-base measureme
 """
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np

@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 from scipy.optimize import minimize
 
-from . import SCORED, SCORED_IDX, TARGETS
+from . import TARGETS
 from .config import ROOT, atomic_path
 from .data import DataError, load_sample_submission, load_test, load_train, normalise_sequence, pair_table
 from .graphs import build_graphs, graph_params

@@ -27,7 +27,6 @@ from tqdm.auto import tqdm
 from . import SCORED, SCORED_IDX, TARGETS
 from .config import ROOT, atomic_path, fingerprint
 from .data import data_fingerprint, load_train
-from .folding import FoldParams
 from .graphs import NUM_EDGE_FEATURES, NUM_NODE_FEATURES, build_graphs, fold_params, graph_params
 from .models import build_model
 
