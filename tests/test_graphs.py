@@ -85,3 +85,31 @@ def test_structure_of_wrong_length_is_an_error():
     from openvaccine.data import DataError
     with pytest.raises(DataError, match=r"molecule m: field 'structure': length 3 != sequence length 4"):
         molecule_graph(dict(id="m", sequence="GGCC"), fold("GGCC"), structure="(.)")
+
+
+def test_second_engine_features_edges_and_structure(train_rows, cache_dir):
+    from openvaccine.folding import FoldParams
+    r = train_rows[2]
+    f2 = fold(r["sequence"], FoldParams(engine="linearpartition", mode="eterna"))
+    g0 = molecule_graph(r, fold(r["sequence"]))
+    g = molecule_graph(r, fold(r["sequence"]), f2=f2)
+    s2 = g.x[:, NODE_FEATURES.index("bpp2_sum")]
+    assert g0.x[:, NODE_FEATURES.index("bpp2_sum")].eq(0).all()          # no second engine: zeros
+    assert (s2 >= 0).all() and (s2 <= 1).all() and s2.sum() > 10
+    assert torch.allclose(s2, torch.from_numpy(f2.pair_prob()))
+    e = _edge_dict(g)
+    b2, p2 = EDGE_TYPES.index("bpp2"), EDGE_FEATURES.index("p2_ij")
+    dense = f2.dense()
+    flagged = [(s, d) for (s, d), a in e.items() if a[b2] == 1]
+    assert flagged and all(abs(float(e[k][p2]) - dense[k]) < 1e-6 and dense[k] >= 0.05 for k in flagged)
+    assert all(float(a[p2]) == 0 for (s, d), a in e.items() if abs(s - d) == 1 and a[b2] == 0)
+    # the cached builder: "mfe2" is the second engine's MFE, and needs a second engine
+    df = pd.DataFrame(train_rows[:3])
+    params = {"engine2": "linearpartition"}
+    alt = build_graphs(df, params, structure="mfe2", cache_dir=cache_dir, progress=False, workers=1)
+    assert alt[2].structure == f2.structure != r["structure"]
+    import pytest
+    with pytest.raises(ValueError, match="needs a second folding engine"):
+        build_graphs(df, {}, structure="mfe2", cache_dir=cache_dir, progress=False, workers=1)
+    with pytest.raises(ValueError, match="not one of"):
+        build_graphs(df, {}, structure="centroid", cache_dir=cache_dir, progress=False, workers=1)

@@ -81,10 +81,20 @@ def test_run_outputs_and_checkpoint_round_trip(trained):
     ck = torch.load(out / "fold0.pt", weights_only=False)
     assert ck["fingerprints"]["data"] and ck["config"]["name"] == "smoke"
     model = T.load_model(ck, torch.device("cpu"))
-    graphs = build_graphs(df, progress=False)
+    from openvaccine.graphs import graph_params, tta_structures
+    graphs = build_graphs(df, graph_params(ck["config"]), progress=False)
     again = T.predict_graphs(model, [graphs[i] for i in ck["oof_index"]])
     for a, b in zip(again, ck["oof"]):
         np.testing.assert_allclose(a, b, atol=1e-5)
+    # the TTA OOF (what the blend is fitted on) is the mean over the run's TTA structures
+    p = graph_params(ck["config"])
+    assert ck["tta"] == tta_structures(p) and "cv_mcrmse_tta" in cv and np.isfinite(cv["cv_mcrmse_tta"])
+    per_v = [T.predict_graphs(model, [gs[i] for i in ck["oof_index"]])
+             for gs in (build_graphs(df, p, structure=v, progress=False) for v in ck["tta"])]
+    for k, b in enumerate(ck["oof_tta"]):
+        np.testing.assert_allclose(np.mean([v[k] for v in per_v], 0), b, atol=1e-5)
+    i0 = int(ck["oof_index"][0])
+    np.testing.assert_allclose(oof["pred_tta"][i0, :107], ck["oof_tta"][0], atol=1e-6)
 
 
 def test_resume_trains_only_unfinished_folds(trained, tiny_cfg, monkeypatch, tmp_path):
@@ -133,3 +143,53 @@ def test_fold_subset_run_is_reported_but_not_an_ensemble_member(trained, tiny_cf
         load_runs(models_dir=tmp_path)
     table = T.experiments_table(tmp_path)
     assert "| part | transformer |" in table and f"{rep['cv_mcrmse']:.4f}" in table
+
+
+def test_packed_and_unpacked_rnn_paths_agree(train_rows):
+    """Equal-length batches skip packing; a batch with a shorter molecule is packed: same numbers."""
+    from torch_geometric.loader import DataLoader
+    rows = [dict(r) for r in train_rows[:3]]
+    short = dict(id="short", sequence=rows[0]["sequence"][:60], structure=None)
+    graphs = build_graphs(pd.DataFrame(rows), progress=False, workers=1)
+    g_short = build_graphs(pd.DataFrame([short]), progress=False, workers=1)
+    for rnn in ("gru", "lstm"):
+        torch.manual_seed(0)
+        m = build_model(load_config("smoke", [f"model.rnn={rnn}", "model.gru_layers=2"]),
+                        NUM_NODE_FEATURES, NUM_EDGE_FEATURES).eval()
+        equal = m(next(iter(DataLoader(graphs, batch_size=3))))
+        mixed = m(next(iter(DataLoader(graphs + g_short, batch_size=4))))
+        assert torch.allclose(equal, mixed[: 3 * 107], atol=1e-5), rnn
+        alone = m(next(iter(DataLoader(g_short, batch_size=1))))
+        assert torch.allclose(alone, mixed[3 * 107:], atol=1e-5), rnn
+    with pytest.raises(ValueError, match="unknown rnn 'rnn'"):
+        build_model(load_config("smoke", ["model.rnn=rnn"]), NUM_NODE_FEATURES, NUM_EDGE_FEATURES)
+
+
+def test_structure_augmentation_mixes_variants_per_epoch():
+    rng = np.random.default_rng(0)
+    given, alt1, alt2 = list(range(0, 1000)), list(range(1000, 2000)), list(range(2000, 3000))
+    assert T.epoch_graphs([given], 0.5, rng) is given
+    assert T.epoch_graphs([given, alt1], 0.0, rng) is given
+    pick = np.array(T.epoch_graphs([given, alt1, alt2], 0.5, rng))
+    assert len(pick) == 1000 and np.array_equal(pick % 1000, np.arange(1000))    # one graph per molecule
+    frac = np.bincount(pick // 1000, minlength=3) / 1000
+    assert abs(frac[0] - 0.5) < 0.06 and abs(frac[1] - 0.25) < 0.05 and abs(frac[2] - 0.25) < 0.05
+    again = np.array(T.epoch_graphs([given, alt1, alt2], 0.5, rng))
+    assert not np.array_equal(pick, again)                                        # redrawn every epoch
+
+
+def test_augmented_run_trains_on_alternative_structures(train_rows, tiny_cfg, tmp_path, monkeypatch):
+    seen = []
+    orig = T.epoch_graphs
+
+    def spy(variants, p, rng):
+        out = orig(variants, p, rng)
+        seen.append(sum(g.structure != v.structure for g, v in zip(out, variants[0])))
+        return out
+    monkeypatch.setattr(T, "epoch_graphs", spy)
+    cfg = apply_overrides(json.loads(json.dumps(tiny_cfg)),
+                          ["graph.engine2=linearpartition", "train.aug_structures=[mfe2]", "train.aug_prob=0.5",
+                           "train.only_folds=[0]"])
+    rep = T.train_run(cfg, run_name="aug", df=pd.DataFrame(train_rows), models_dir=tmp_path, progress=False)
+    assert len(seen) == 2 and all(k > 0 for k in seen)                # some molecules on eterna MFE each epoch
+    assert np.isfinite(rep["cv_mcrmse"])

@@ -30,7 +30,7 @@ def cmd_data(args):
 
 def cmd_features(args):
     from .data import load_test, load_train
-    from .graphs import build_graphs, fold_params, graph_params
+    from .graphs import build_graphs, fold_params, fold_params2, graph_params
     from .folding import fold_cached
     cfg = _cfg(args)
     p = graph_params(cfg)
@@ -41,6 +41,10 @@ def cmd_features(args):
     t1 = time.perf_counter()
     print(f"folding ({p['engine']}): {len(seqs)} molecules in {t1 - t0:.1f} s")
     variants = ["given"] + (["mfe"] if args.mfe else [])
+    if fold_params2(p):
+        fold_cached(seqs, fold_params2(p), workers=args.workers)
+        print(f"folding ({p['engine2']}): {len(seqs)} molecules in {time.perf_counter() - t1:.1f} s")
+        variants += ["mfe2"] if args.mfe else []
     for v in variants:
         t1 = time.perf_counter()
         g_tr = build_graphs(tr, p, structure=v)

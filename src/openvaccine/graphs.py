@@ -3,12 +3,19 @@
 Nodes are bases (optionally plus one codon node per three bases). Edges go both ways and carry
 typed features::
 
-    edge_attr = [fwd, bwd, pair, pk_pair, bpp, codon_base, codon_codon, p_ij, |i-j|/100]
+    edge_attr = [fwd, bwd, pair, pk_pair, bpp, bpp2, codon_base, codon_codon, p_ij, p2_ij, |i-j|/100]
 
 ``fwd``/``bwd`` are the backbone i→i+1 / i+1→i, ``pair`` a ``()`` pair of the dot-bracket
 structure, ``pk_pair`` a pseudoknot pair (``[] {} <>``), ``bpp`` a pair whose base-pair probability
-is at least ``bpp_threshold``; an edge that is several of these at once carries several flags.
-``p_ij`` is the base-pair probability of the two bases (0 on backbone edges).
+is at least ``bpp_threshold``, ``bpp2`` the same under the second folding engine; an edge that is
+several of these at once carries several flags. ``p_ij`` / ``p2_ij`` are the base-pair
+probabilities of the two bases under the main / second engine (0 on backbone edges).
+
+A second folding engine (``graph.engine2``, by default LinearPartition with EternaFold-like
+parameters) gives a second opinion: its pairing probability, max bpp and entropy per base
+(``bpp2_*`` node features), its bpp edges, and its MFE structure (``structure="mfe2"``), used as
+an alternative structure for training augmentation and test-time averaging. With
+``engine2: none`` those features are zero.
 
 Node features (see :data:`NODE_FEATURES`): base, structure symbol and loop type one-hots, pairing
 probability (bpp row sum), max bpp, unpaired probability, sum − max, base-pair entropy, pair type
@@ -39,14 +46,16 @@ NODE_FEATURES = (
     + [f"loop_{c}" for c in LOOPS]
     + ["bpp_sum", "bpp_max", "p_unpaired", "bpp_sum_minus_max", "bpp_entropy"]
     + ["pair_GC", "pair_AU", "pair_GU", "partner_dist", "pos_abs", "pos_rel", "is_codon"]
+    + ["bpp2_sum", "bpp2_max", "bpp2_entropy"]
 )
-EDGE_TYPES = ["fwd", "bwd", "pair", "pk_pair", "bpp", "codon_base", "codon_codon"]
-EDGE_FEATURES = EDGE_TYPES + ["p_ij", "seq_dist"]
+EDGE_TYPES = ["fwd", "bwd", "pair", "pk_pair", "bpp", "bpp2", "codon_base", "codon_codon"]
+EDGE_FEATURES = EDGE_TYPES + ["p_ij", "p2_ij", "seq_dist"]
 NUM_NODE_FEATURES = len(NODE_FEATURES)
 NUM_EDGE_FEATURES = len(EDGE_FEATURES)
 
 DEFAULT_GRAPH = dict(engine="vienna", temperature=37.0, mode="eterna", bpp_threshold=0.05,
-                     codon_nodes=False, structure="given")
+                     codon_nodes=False, structure="given", engine2="none", mode2="eterna")
+STRUCTURES = ("given", "mfe", "mfe2")
 
 
 def _onehot(idx: np.ndarray, k: int) -> np.ndarray:
@@ -56,16 +65,26 @@ def _onehot(idx: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
-def node_features(seq: str, structure: str, loops: str, f: Fold) -> np.ndarray:
+def bpp_stats(f: Fold) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    r"""Per base: pairing probability (bpp row sum), max bpp, base-pair entropy
+    :math:`-\sum_j p_{ij} \log p_{ij} - p^u_i \log p^u_i` with :math:`p^u_i = 1 - \sum_j p_{ij}`."""
+    n = f.n
+    psum, pmax = f.pair_prob(), f.max_prob()
+    punp = 1.0 - psum
+    plogp = f.p * np.log(np.maximum(f.p, 1e-12))
+    ent = -(np.bincount(f.i, plogp, n) + np.bincount(f.j, plogp, n)) - punp * np.log(np.maximum(punp, 1e-12))
+    return psum, pmax, ent.astype(np.float32)
+
+
+def node_features(seq: str, structure: str, loops: str, f: Fold, f2: Fold | None = None) -> np.ndarray:
     n = len(seq)
     base = _onehot(np.array([BASES.index(c) for c in seq]), 4)
     sym = np.array([0 if c in PAIR_OPEN else 2 if c in ".-:,_" else 1 for c in structure])
     struct = _onehot(sym, 3)
     loop = _onehot(np.array([LOOPS.index(c) for c in loops]), 7)
-    psum, pmax = f.pair_prob(), f.max_prob()
+    psum, pmax, ent = bpp_stats(f)
     punp = 1.0 - psum
-    plogp = f.p * np.log(np.maximum(f.p, 1e-12))
-    ent = -(np.bincount(f.i, plogp, n) + np.bincount(f.j, plogp, n)) - punp * np.log(np.maximum(punp, 1e-12))
+    second = np.stack(bpp_stats(f2), 1) if f2 is not None else np.zeros((n, 3), dtype=np.float32)
     partner = pair_table(structure)
     ptype = np.full(n, -1)
     for i in np.nonzero(partner >= 0)[0]:
@@ -79,10 +98,22 @@ def node_features(seq: str, structure: str, loops: str, f: Fold) -> np.ndarray:
         np.where(partner >= 0, np.abs(partner - pos) / 100.0, 0.0),
         pos / 100.0, pos / max(n - 1, 1), np.zeros(n),
     ], 1).astype(np.float32)
-    return np.concatenate([base, struct, loop, dense, _onehot(ptype, 3), tail], 1).astype(np.float32)
+    return np.concatenate([base, struct, loop, dense, _onehot(ptype, 3), tail, second], 1).astype(np.float32)
 
 
-def edges(seq: str, structure: str, f: Fold, bpp_threshold: float, codon_nodes: bool):
+def _prob_lookup(f: Fold, key: np.ndarray, m: int) -> np.ndarray:
+    """Base-pair probability of each edge key ``src * m + dst`` (0 where the engine has none)."""
+    if not len(f.p):
+        return np.zeros(len(key), dtype=np.float32)
+    k = np.concatenate([f.i.astype(np.int64) * m + f.j, f.j.astype(np.int64) * m + f.i])
+    p = np.concatenate([f.p, f.p]).astype(np.float32)
+    order = np.argsort(k)
+    k, p = k[order], p[order]
+    pos = np.clip(np.searchsorted(k, key), 0, len(k) - 1)
+    return np.where(k[pos] == key, p[pos], 0.0).astype(np.float32)
+
+
+def edges(seq: str, structure: str, f: Fold, bpp_threshold: float, codon_nodes: bool, f2: Fold | None = None):
     """(edge_index [2, E], edge_attr [E, NUM_EDGE_FEATURES]); duplicates merged, flags OR-ed."""
     n = len(seq)
     src, dst, typ = [], [], []
@@ -102,6 +133,9 @@ def edges(seq: str, structure: str, f: Fold, bpp_threshold: float, codon_nodes: 
     add(pk, allp[pk], "pk_pair")
     keep = f.p >= bpp_threshold
     add(np.concatenate([f.i[keep], f.j[keep]]), np.concatenate([f.j[keep], f.i[keep]]), "bpp")
+    if f2 is not None:
+        keep2 = f2.p >= bpp_threshold
+        add(np.concatenate([f2.i[keep2], f2.j[keep2]]), np.concatenate([f2.j[keep2], f2.i[keep2]]), "bpp2")
     if codon_nodes:
         k = np.arange(n // 3)
         b = (3 * k[:, None] + np.arange(3)).ravel()
@@ -118,19 +152,17 @@ def edges(seq: str, structure: str, f: Fold, bpp_threshold: float, codon_nodes: 
     np.maximum.at(attr, (inv, typ), 1.0)
     s, d = key // m, key % m
     bases = (s < n) & (d < n)
-    if len(f.p):
-        prob = {}
-        for ii, jj, pp in zip(f.i.tolist(), f.j.tolist(), f.p.tolist()):
-            prob[ii * m + jj] = pp
-            prob[jj * m + ii] = pp
-        attr[:, -2] = [prob.get(int(k), 0.0) if b and not (t[0] or t[1]) else 0.0
-                       for k, b, t in zip(key, bases, attr)]
-    attr[:, -1] = np.where(bases, np.abs(s - d) / 100.0, 0.0)
+    pairish = bases & (attr[:, 0] == 0) & (attr[:, 1] == 0)          # not a backbone edge
+    col = EDGE_FEATURES.index
+    attr[:, col("p_ij")] = np.where(pairish, _prob_lookup(f, key, m), 0.0)
+    if f2 is not None:
+        attr[:, col("p2_ij")] = np.where(pairish, _prob_lookup(f2, key, m), 0.0)
+    attr[:, col("seq_dist")] = np.where(bases, np.abs(s - d) / 100.0, 0.0)
     return np.stack([s, d]), attr
 
 
 def molecule_graph(rec: dict, f: Fold, structure: str | None = None, loops: str | None = None,
-                   bpp_threshold: float = 0.05, codon_nodes: bool = False) -> Data:
+                   bpp_threshold: float = 0.05, codon_nodes: bool = False, f2: Fold | None = None) -> Data:
     """Graph of one molecule. ``rec`` has ``id``, ``sequence`` and, when labelled, targets."""
     seq = rec["sequence"]
     n = len(seq)
@@ -140,8 +172,8 @@ def molecule_graph(rec: dict, f: Fold, structure: str | None = None, loops: str 
     if loops is None:
         given = rec.get("predicted_loop_type")
         loops = given if given and structure == rec.get("structure") else loop_types(structure)
-    x = node_features(seq, structure, loops, f)
-    ei, ea = edges(seq, structure, f, bpp_threshold, codon_nodes)
+    x = node_features(seq, structure, loops, f, f2)
+    ei, ea = edges(seq, structure, f, bpp_threshold, codon_nodes, f2)
     n_codon = n // 3 if codon_nodes else 0
     if n_codon:
         cx = np.zeros((n_codon, x.shape[1]), dtype=np.float32)
@@ -178,34 +210,62 @@ def fold_params(p: dict) -> FoldParams:
     return FoldParams(engine=p["engine"], temperature=float(p["temperature"]), mode=p["mode"])
 
 
+def fold_params2(p: dict) -> FoldParams | None:
+    """The second engine's parameters, or None when ``engine2`` is ``none``."""
+    e2 = str(p.get("engine2") or "none")
+    return None if e2 == "none" else FoldParams(engine=e2, mode=p.get("mode2", "eterna"))
+
+
+def tta_structures(p: dict) -> list[str]:
+    """Structures a molecule is predicted on (and the predictions averaged): given, the main
+    engine's MFE and, with a second engine, its MFE."""
+    return ["given", "mfe"] + (["mfe2"] if fold_params2(p) else [])
+
+
+def feature_key(p: dict) -> str:
+    """Fingerprint of everything that shapes the features: graph params and both engines' versions."""
+    f2 = fold_params2(p)
+    return fingerprint([p, fold_params(p).key(), f2.key() if f2 else None])
+
+
 def build_graphs(df: pd.DataFrame, params: dict | None = None, structure: str | None = None,
                  cache: bool = True, workers: int | None = None, progress: bool = True,
                  cache_dir: Path | str | None = None) -> list[Data]:
     """Graphs for every molecule of ``df``, built once and cached on disk.
 
     ``structure``: ``"given"`` uses each row's ``structure`` (folding what is missing), ``"mfe"``
-    the folding engine's MFE structure (test-time augmentation, alternative training structures).
+    the main engine's MFE structure and ``"mfe2"`` the second engine's (test-time augmentation,
+    alternative training structures).
     """
     p = graph_params({"graph": params or {}})
     if structure is not None:
         p["structure"] = structure
+    if p["structure"] not in STRUCTURES:
+        raise ValueError(f"graph.structure: {p['structure']!r} is not one of {STRUCTURES}")
     cache_dir = Path(cache_dir) if cache_dir is not None else CACHE_DIR
-    fp = fold_params(p)
+    fp, fp2 = fold_params(p), fold_params2(p)
+    if p["structure"] == "mfe2" and fp2 is None:
+        raise ValueError("structure 'mfe2' needs a second folding engine (graph.engine2)")
     from .data import data_fingerprint
-    key = fingerprint([p, fp.key(), data_fingerprint(df), NODE_FEATURES, EDGE_FEATURES, 2])
+    key = fingerprint([feature_key(p), data_fingerprint(df), NODE_FEATURES, EDGE_FEATURES, 3])
     path = cache_dir / "graphs" / f"graphs-{key}.pt"
     if cache and path.is_file():
         return torch.load(path, weights_only=False)
-    folds = fold_cached(list(df["sequence"]), fp, workers=workers, cache_dir=cache_dir, progress=progress)
+    seqs = list(df["sequence"])
+    folds = fold_cached(seqs, fp, workers=workers, cache_dir=cache_dir, progress=progress)
+    folds2 = (fold_cached(seqs, fp2, workers=workers, cache_dir=cache_dir, progress=progress) if fp2
+              else [None] * len(seqs))
     out = []
-    for rec, f in tqdm(zip(df.to_dict("records"), folds), total=len(df), desc="graphs",
-                       disable=not progress, unit="mol"):
+    for rec, f, f2 in tqdm(zip(df.to_dict("records"), folds, folds2), total=len(df), desc="graphs",
+                           disable=not progress, unit="mol"):
         if p["structure"] == "mfe":
             s = f.structure
+        elif p["structure"] == "mfe2":
+            s = f2.structure
         else:
             s = rec.get("structure") if isinstance(rec.get("structure"), str) and rec.get("structure") else f.structure
         out.append(molecule_graph(rec, f, structure=s, bpp_threshold=float(p["bpp_threshold"]),
-                                  codon_nodes=bool(p["codon_nodes"])))
+                                  codon_nodes=bool(p["codon_nodes"]), f2=f2))
     if cache:
         with atomic_path(path) as tmp:
             torch.save(out, tmp)

@@ -3,9 +3,9 @@
 * every fold of a run predicts; folds are averaged;
 * runs are blended with non-negative weights that sum to 1, fitted per target on the runs'
   out-of-fold predictions (SN_filter = 1 rows, scored positions);
-* test-time augmentation: each molecule is predicted on its given structure and on the folding
-  engine's MFE structure, and the two are averaged (many given 130-nt test structures are not
-  ViennaRNA's MFE).
+* test-time augmentation: each molecule is predicted on its given structure, on the folding
+  engine's MFE structure and, when the run has a second engine, on that engine's MFE; the
+  predictions are averaged (many given 130-nt test structures are not ViennaRNA's MFE).
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from scipy.optimize import minimize
 from . import TARGETS
 from .config import ROOT, atomic_path
 from .data import DataError, load_sample_submission, load_test, load_train, normalise_sequence, pair_table
-from .graphs import build_graphs, graph_params
+from .graphs import build_graphs, graph_params, tta_structures
 from .train import MODELS_DIR, get_device, load_model, mcrmse, predict_graphs, set_threads
 
 SUBMISSIONS_DIR = ROOT / "submissions"
@@ -80,7 +80,7 @@ def load_runs(names: list[str] | None = None, models_dir: Path | str | None = No
 def run_predict(run: Run, df: pd.DataFrame, tta: bool = True, progress: bool = True) -> list[np.ndarray]:
     """Fold-averaged (and TTA-averaged) per-molecule predictions of one run."""
     device = get_device()
-    variants = ["given", "mfe"] if tta else ["given"]
+    variants = tta_structures(run.graph) if tta else ["given"]
     models = [load_model(ck, device) for ck in run.checkpoints]
     total = None
     for v in variants:
@@ -95,11 +95,12 @@ def run_predict(run: Run, df: pd.DataFrame, tta: bool = True, progress: bool = T
 # ---------------------------------------------------------------- blending
 def _oof_matrix(run: Run, df: pd.DataFrame) -> np.ndarray:
     z = np.load(run.path / "oof.npz", allow_pickle=True)
+    pred = z["pred_tta"] if "pred_tta" in z.files else z["pred"]      # blend what the submission predicts
     pos = {i: k for k, i in enumerate(z["ids"])}
     missing = [i for i in df["id"] if i not in pos]
     if missing:
         raise RuntimeError(f"{run.path}/oof.npz lacks {len(missing)} training ids (e.g. {missing[0]}): retrain the run")
-    return z["pred"][[pos[i] for i in df["id"]]]
+    return pred[[pos[i] for i in df["id"]]]
 
 
 def fit_blend(oofs: list[np.ndarray], y: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from . import SCORED, SCORED_IDX, TARGETS
 from .config import ROOT, atomic_path, fingerprint
 from .data import data_fingerprint, load_train
-from .graphs import NUM_EDGE_FEATURES, NUM_NODE_FEATURES, build_graphs, fold_params, graph_params
+from .graphs import NUM_EDGE_FEATURES, NUM_NODE_FEATURES, build_graphs, feature_key, graph_params, tta_structures
 from .models import build_model
 
 MODELS_DIR = Path(os.environ.get("OPENVACCINE_MODELS", ROOT / "models"))
@@ -152,17 +152,33 @@ def score_predictions(preds: list[np.ndarray], graphs) -> tuple[float, np.ndarra
 def fingerprints(cfg: dict, df: pd.DataFrame) -> dict:
     p = graph_params(cfg)
     return dict(config=fingerprint({k: v for k, v in cfg.items() if k != "name"}),
-                data=data_fingerprint(df), features=fingerprint([p, fold_params(p).key()]))
+                data=data_fingerprint(df), features=feature_key(p))
+
+
+def epoch_graphs(variants: list[list], aug_prob: float, rng: np.random.Generator) -> list:
+    """One graph per molecule for this epoch: ``variants[0]`` (the given structure), or with
+    probability ``aug_prob`` one of the alternative-structure graphs ``variants[1:]``."""
+    if len(variants) == 1 or aug_prob <= 0:
+        return variants[0]
+    n = len(variants[0])
+    pick = np.where(rng.random(n) < aug_prob, rng.integers(1, len(variants), n), 0)
+    return [variants[v][k] for k, v in enumerate(pick)]
 
 
 def train_fold(cfg: dict, train_g, val_g, fold: int, device, progress: bool = True):
-    """Train one fold; returns (best_state_dict, best_score, history)."""
+    """Train one fold; returns (best_state_dict, best_score, history).
+
+    ``train_g`` is a list of graphs, or a list of variants (lists of graphs of the same molecules
+    on different structures, the given one first) for structure augmentation.
+    """
     t = cfg["train"]
     set_seed(int(cfg.get("seed", 42)) + fold)
+    variants = train_g if train_g and isinstance(train_g[0], list) else [train_g]
+    aug_rng = np.random.default_rng(int(cfg.get("seed", 42)) + fold)
     model = build_model(cfg, NUM_NODE_FEATURES, NUM_EDGE_FEATURES).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=float(t["lr"]), weight_decay=float(t.get("weight_decay", 0)))
     gen = torch.Generator().manual_seed(int(cfg.get("seed", 42)) + fold)
-    loader = DataLoader(train_g, batch_size=int(t["batch_size"]), shuffle=True, generator=gen)
+    loader = DataLoader(variants[0], batch_size=int(t["batch_size"]), shuffle=True, generator=gen)
     epochs = int(t["epochs"])
     steps = len(loader) if not t.get("max_steps") else min(len(loader), int(t["max_steps"]))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=float(t["lr"]), total_steps=max(1, epochs * steps),
@@ -172,6 +188,9 @@ def train_fold(cfg: dict, train_g, val_g, fold: int, device, progress: bool = Tr
     best, best_state, bad, hist = float("inf"), None, 0, []
     for ep in range(epochs):
         model.train()
+        if len(variants) > 1:
+            loader = DataLoader(epoch_graphs(variants, float(t.get("aug_prob", 0.5)), aug_rng),
+                                batch_size=int(t["batch_size"]), shuffle=True, generator=gen)
         t0 = time.perf_counter()
         run_loss, n = 0.0, 0
         bar = tqdm(loader, total=steps, desc=f"fold {fold} epoch {ep + 1}/{epochs}", leave=False, disable=not progress)
@@ -226,13 +245,17 @@ def train_run(cfg: dict, run_name: str | None = None, df: pd.DataFrame | None = 
     out = Path(models_dir or MODELS_DIR) / run
     df = load_train() if df is None else df.reset_index(drop=True)
     fps = fingerprints(cfg, df)
-    graphs = build_graphs(df, graph_params(cfg), progress=progress)
+    p = graph_params(cfg)
+    graphs = build_graphs(df, p, progress=progress)
+    alt = [build_graphs(df, p, structure=v, progress=progress) for v in t.get("aug_structures") or []]
+    tta = {v: graphs if v == "given" else build_graphs(df, p, structure=v, progress=progress)
+           for v in tta_structures(p)}
     k = int(t["folds"])
     folds = make_folds(df, k, int(cfg.get("seed", 42)), float(t.get("similarity", 0.8)))
     sn = df["signal_to_noise"].to_numpy()
     good = df["SN_filter"].to_numpy() == 1
     usable = good | (sn >= float(t.get("min_sn", 1.0)))
-    oof = [None] * len(df)
+    oof, oof_tta = [None] * len(df), [None] * len(df)
     fold_reports = []
     t_run = time.perf_counter()
     only = t.get("only_folds")
@@ -249,32 +272,41 @@ def train_run(cfg: dict, run_name: str | None = None, df: pd.DataFrame | None = 
             tr_idx = np.nonzero((folds != f) & usable)[0]
             va_idx = np.nonzero((folds == f) & good)[0]
             t0 = time.perf_counter()
-            state, score, hist = train_fold(cfg, [graphs[i] for i in tr_idx], [graphs[i] for i in va_idx],
+            train_g = [[gs[i] for i in tr_idx] for gs in [graphs] + alt]
+            state, score, hist = train_fold(cfg, train_g if alt else train_g[0], [graphs[i] for i in va_idx],
                                             f, device, progress)
             seconds = time.perf_counter() - t0
             model = build_model(cfg, NUM_NODE_FEATURES, NUM_EDGE_FEATURES).to(device)
             model.load_state_dict(state)
             va_all = np.nonzero(folds == f)[0]
             preds = predict_graphs(model, [graphs[i] for i in va_all], device=device)
+            # the submission averages over TTA structures: record that OOF prediction too
+            per_v = [predict_graphs(model, [gs[i] for i in va_all], device=device) for gs in tta.values()]
+            preds_tta = [np.mean(x, 0) for x in zip(*per_v)]
             ck = dict(state_dict=state, config=cfg, fingerprints=fps, fold=f, score=score, history=hist,
                       seconds=seconds, device=str(device), n_train=len(tr_idx), n_val=len(va_idx),
-                      oof_index=va_all, oof=[p.astype(np.float32) for p in preds],
+                      oof_index=va_all, oof=[q.astype(np.float32) for q in preds],
+                      oof_tta=[q.astype(np.float32) for q in preds_tta], tta=list(tta),
                       torch=torch.__version__)
             save_atomic(ck, ck_path)
-        for i, p in zip(ck["oof_index"], ck["oof"]):
-            oof[i] = p
+        for i, q, qt in zip(ck["oof_index"], ck["oof"], ck.get("oof_tta", ck["oof"])):
+            oof[i], oof_tta[i] = q, qt
         ep_s = [h["seconds"] for h in ck["history"]]
         fold_reports.append(dict(fold=f, val_mcrmse=ck["score"], n_train=ck["n_train"], n_val=ck["n_val"],
                                  epochs=len(ck["history"]), seconds=ck["seconds"],
                                  seconds_per_epoch=float(np.mean(ep_s)) if ep_s else None, device=ck["device"]))
     report = cv_report(df, graphs, oof, folds, fold_reports, cfg, run, fps)
+    good_idx = [i for i in np.nonzero(df["SN_filter"].to_numpy() == 1)[0] if oof_tta[i] is not None]
+    report["tta"] = list(tta)
+    report["cv_mcrmse_tta"] = score_predictions([oof_tta[i] for i in good_idx], [graphs[i] for i in good_idx])[0]
     report["wall_seconds_this_call"] = time.perf_counter() - t_run
     report["partial"] = only is not None            # a quick comparison on some folds: not an ensemble member
     empty = np.full((130, 5), np.nan, dtype=np.float32)
+
+    def padded(preds):
+        return np.stack([np.pad(q, ((0, 130 - len(q)), (0, 0))) if q is not None else empty for q in preds])
     with atomic_path(out / "oof.npz") as tmp:
-        np.savez_compressed(tmp, ids=df["id"].to_numpy(), fold=folds,
-                            pred=np.stack([np.pad(p, ((0, 130 - len(p)), (0, 0))) if p is not None else empty
-                                           for p in oof]))
+        np.savez_compressed(tmp, ids=df["id"].to_numpy(), fold=folds, pred=padded(oof), pred_tta=padded(oof_tta))
     write_text_atomic(json.dumps(report, indent=2), out / "cv.json")
     write_text_atomic(cv_table(report), out / "cv.md")
     if progress:
@@ -303,7 +335,9 @@ def cv_report(df, graphs, oof, folds, fold_reports, cfg, run, fps) -> dict:
 def cv_table(r: dict) -> str:
     lines = [f"# CV report: {r['run']}", "",
              f"MCRMSE (reactivity, deg_Mg_pH10, deg_Mg_50C; SN_filter=1 rows, {r['n_scored_rows']} molecules): "
-             f"**{r['cv_mcrmse']:.4f}**", "",
+             f"**{r['cv_mcrmse']:.4f}**"
+             + (f"; averaged over the {', '.join(r['tta'])} structures (as submitted): **{r['cv_mcrmse_tta']:.4f}**"
+                if "cv_mcrmse_tta" in r else ""), "",
              "| target | RMSE |", "| --- | --- |"]
     lines += [f"| {c}{' (scored)' if c in SCORED else ''} | {v:.4f} |" for c, v in r["cv_rmse"].items()]
     lines += ["", "| fold | val MCRMSE | train rows | val rows (SN=1) | epochs | s/epoch | fold s | device |",
@@ -357,12 +391,14 @@ def experiments_table(models_dir: Path | str | None = None) -> str:
         r = json.loads(cvp.read_text())
         m, t = r["config"]["model"], r["config"]["train"]
         folds = r["folds"]
-        rows.append("| {run} | {conv} | {gru} | {h}x{L} | {folds} | {ep} | **{cv:.4f}** | {re:.4f} | {mg:.4f} | {c50:.4f} | {spe:.1f} | {fs:.0f} | {dev} |".format(
+        rows.append("| {run} | {conv} | {gru} | {h}x{L} | {folds} | {ep} | **{cv:.4f}** | {tta} | {re:.4f} | {mg:.4f} | {c50:.4f} | {spe:.1f} | {fs:.0f} | {dev} |".format(
             run=r["run"], conv=m["conv"], gru=m.get("gru_layers", 0), h=m["hidden"], L=m["layers"],
             folds=",".join(str(f["fold"]) for f in folds), ep=t["epochs"], cv=r["cv_mcrmse"],
+            tta=f"{r['cv_mcrmse_tta']:.4f}" if "cv_mcrmse_tta" in r else "",
             re=r["cv_rmse"]["reactivity"], mg=r["cv_rmse"]["deg_Mg_pH10"], c50=r["cv_rmse"]["deg_Mg_50C"],
             spe=float(np.mean([f["seconds_per_epoch"] for f in folds])), fs=float(np.mean([f["seconds"] for f in folds])),
             dev=folds[0]["device"]))
-    head = ("| run | conv | BiGRU layers | hidden x layers | folds | max epochs | CV MCRMSE | reactivity | deg_Mg_pH10 | "
-            "deg_Mg_50C | s/epoch | s/fold | device |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    head = ("| run | conv | BiGRU layers | hidden x layers | folds | max epochs | CV MCRMSE | CV with TTA | reactivity | "
+            "deg_Mg_pH10 | deg_Mg_50C | s/epoch | s/fold | device |\n"
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     return head + "\n" + "\n".join(rows) + "\n"

@@ -20,6 +20,7 @@ from torch_geometric.utils import to_dense_batch
 from .edge_gated import EdgeGatedConv
 
 CONVS = ("transformer", "gatv2", "gine", "edgegated", "sage")
+RNNS = {"gru": nn.GRU, "lstm": nn.LSTM}
 
 
 def make_conv(kind: str, h: int, edge_dim: int, heads: int) -> nn.Module:
@@ -56,7 +57,7 @@ class Block(nn.Module):
 class DegradationGNN(nn.Module):
     def __init__(self, in_dim: int, edge_dim: int, out_dim: int = 5, conv: str = "transformer",
                  hidden: int = 128, layers: int = 4, heads: int = 4, dropout: float = 0.1,
-                 gru_layers: int = 2, keep_features: list[int] | None = None):
+                 gru_layers: int = 2, keep_features: list[int] | None = None, rnn: str = "gru"):
         super().__init__()
         keep = torch.as_tensor(keep_features if keep_features is not None else range(in_dim), dtype=torch.long)
         self.register_buffer("keep", keep, persistent=False)
@@ -65,8 +66,10 @@ class DegradationGNN(nn.Module):
         self.edge_embed = nn.Sequential(nn.Linear(edge_dim, hidden // 2), nn.GELU())
         self.blocks = nn.ModuleList(Block(conv, hidden, hidden // 2, heads, dropout) for _ in range(layers))
         self.norm = nn.LayerNorm(hidden)
-        self.gru = (nn.GRU(hidden, hidden, num_layers=gru_layers, batch_first=True, bidirectional=True,
-                           dropout=dropout if gru_layers > 1 else 0.0) if gru_layers else None)
+        if rnn not in RNNS:
+            raise ValueError(f"unknown rnn {rnn!r}: one of {tuple(RNNS)}")
+        self.gru = (RNNS[rnn](hidden, hidden, num_layers=gru_layers, batch_first=True, bidirectional=True,
+                              dropout=dropout if gru_layers > 1 else 0.0) if gru_layers else None)
         head_in = 2 * hidden if self.gru is not None else hidden
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(head_in, out_dim))
 
@@ -83,11 +86,14 @@ class DegradationGNN(nn.Module):
             batch = data.batch[is_base] if hasattr(data, "batch") and data.batch is not None \
                 else torch.zeros(hb.size(0), dtype=torch.long, device=hb.device)
             dense, mask = to_dense_batch(hb, batch)           # bases are in sequence order per graph
-            lengths = mask.sum(1)
-            packed = nn.utils.rnn.pack_padded_sequence(dense, lengths.cpu(), batch_first=True, enforce_sorted=False)
-            out, _ = self.gru(packed)
-            out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=dense.size(1))
-            hb = out[mask]
+            if bool(mask.all()):                               # equal lengths: no packing (same result, faster)
+                hb = self.gru(dense)[0].reshape(-1, self.gru.hidden_size * 2)
+            else:
+                lengths = mask.sum(1)
+                packed = nn.utils.rnn.pack_padded_sequence(dense, lengths.cpu(), batch_first=True, enforce_sorted=False)
+                out, _ = self.gru(packed)
+                out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=dense.size(1))
+                hb = out[mask]
         return self.head(hb)
 
 
@@ -102,4 +108,5 @@ def build_model(cfg: dict, in_dim: int, edge_dim: int) -> DegradationGNN:
     keep = [k for k, f in enumerate(NODE_FEATURES[:in_dim]) if f not in excl]
     return DegradationGNN(in_dim, edge_dim, conv=m.get("conv", "transformer"), hidden=int(m.get("hidden", 128)),
                           layers=int(m.get("layers", 4)), heads=int(m.get("heads", 4)),
-                          dropout=float(m.get("dropout", 0.1)), gru_layers=int(m.get("gru_layers", 2)), keep_features=keep)
+                          dropout=float(m.get("dropout", 0.1)), gru_layers=int(m.get("gru_layers", 2)), keep_features=keep,
+                          rnn=m.get("rnn", "gru"))
