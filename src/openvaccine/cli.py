@@ -41,8 +41,9 @@ def cmd_features(args):
     t1 = time.perf_counter()
     print(f"folding ({p['engine']}): {len(seqs)} molecules in {t1 - t0:.1f} s")
     variants = ["given"] + (["mfe"] if args.mfe else [])
-    if fold_params2(p):
-        fold_cached(seqs, fold_params2(p), workers=args.workers)
+    fp2 = fold_params2(p)
+    if fp2:
+        fold_cached(seqs, fp2, workers=args.workers)
         print(f"folding ({p['engine2']}): {len(seqs)} molecules in {time.perf_counter() - t1:.1f} s")
         variants += ["mfe2"] if args.mfe else []
     for v in variants:

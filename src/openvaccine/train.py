@@ -246,10 +246,12 @@ def train_run(cfg: dict, run_name: str | None = None, df: pd.DataFrame | None = 
     df = load_train() if df is None else df.reset_index(drop=True)
     fps = fingerprints(cfg, df)
     p = graph_params(cfg)
-    graphs = build_graphs(df, p, progress=progress)
-    alt = [build_graphs(df, p, structure=v, progress=progress) for v in t.get("aug_structures") or []]
-    tta = {v: graphs if v == "given" else build_graphs(df, p, structure=v, progress=progress)
-           for v in tta_structures(p)}
+    aug = list(t.get("aug_structures") or [])
+    tta = tta_structures(p)
+    by_structure = {v: build_graphs(df, p, structure=v, progress=progress)
+                    for v in dict.fromkeys(["given"] + aug + tta)}       # each structure built once
+    graphs = by_structure["given"]
+    alt = [by_structure[v] for v in aug]
     k = int(t["folds"])
     folds = make_folds(df, k, int(cfg.get("seed", 42)), float(t.get("similarity", 0.8)))
     sn = df["signal_to_noise"].to_numpy()
@@ -279,14 +281,14 @@ def train_run(cfg: dict, run_name: str | None = None, df: pd.DataFrame | None = 
             model = build_model(cfg, NUM_NODE_FEATURES, NUM_EDGE_FEATURES).to(device)
             model.load_state_dict(state)
             va_all = np.nonzero(folds == f)[0]
-            preds = predict_graphs(model, [graphs[i] for i in va_all], device=device)
-            # the submission averages over TTA structures: record that OOF prediction too
-            per_v = [predict_graphs(model, [gs[i] for i in va_all], device=device) for gs in tta.values()]
-            preds_tta = [np.mean(x, 0) for x in zip(*per_v)]
+            # the submission averages over the TTA structures: record that OOF prediction too
+            per_v = {v: predict_graphs(model, [by_structure[v][i] for i in va_all], device=device) for v in tta}
+            preds = per_v["given"]
+            preds_tta = [np.mean(x, 0) for x in zip(*per_v.values())]
             ck = dict(state_dict=state, config=cfg, fingerprints=fps, fold=f, score=score, history=hist,
                       seconds=seconds, device=str(device), n_train=len(tr_idx), n_val=len(va_idx),
                       oof_index=va_all, oof=[q.astype(np.float32) for q in preds],
-                      oof_tta=[q.astype(np.float32) for q in preds_tta], tta=list(tta),
+                      oof_tta=[q.astype(np.float32) for q in preds_tta], tta=tta,
                       torch=torch.__version__)
             save_atomic(ck, ck_path)
         for i, q, qt in zip(ck["oof_index"], ck["oof"], ck.get("oof_tta", ck["oof"])):
@@ -295,10 +297,7 @@ def train_run(cfg: dict, run_name: str | None = None, df: pd.DataFrame | None = 
         fold_reports.append(dict(fold=f, val_mcrmse=ck["score"], n_train=ck["n_train"], n_val=ck["n_val"],
                                  epochs=len(ck["history"]), seconds=ck["seconds"],
                                  seconds_per_epoch=float(np.mean(ep_s)) if ep_s else None, device=ck["device"]))
-    report = cv_report(df, graphs, oof, folds, fold_reports, cfg, run, fps)
-    good_idx = [i for i in np.nonzero(df["SN_filter"].to_numpy() == 1)[0] if oof_tta[i] is not None]
-    report["tta"] = list(tta)
-    report["cv_mcrmse_tta"] = score_predictions([oof_tta[i] for i in good_idx], [graphs[i] for i in good_idx])[0]
+    report = cv_report(df, graphs, oof, folds, fold_reports, cfg, run, fps, oof_tta=oof_tta, tta=tta)
     report["wall_seconds_this_call"] = time.perf_counter() - t_run
     report["partial"] = only is not None            # a quick comparison on some folds: not an ensemble member
     empty = np.full((130, 5), np.nan, dtype=np.float32)
@@ -314,10 +313,13 @@ def train_run(cfg: dict, run_name: str | None = None, df: pd.DataFrame | None = 
     return report
 
 
-def cv_report(df, graphs, oof, folds, fold_reports, cfg, run, fps) -> dict:
+def cv_report(df, graphs, oof, folds, fold_reports, cfg, run, fps, oof_tta=None, tta=None) -> dict:
     good = df["SN_filter"].to_numpy() == 1
     idx = [i for i in np.nonzero(good)[0] if oof[i] is not None]
     score, per = score_predictions([oof[i] for i in idx], [graphs[i] for i in idx])
+    extra = {}
+    if oof_tta is not None:
+        extra = dict(tta=tta, cv_mcrmse_tta=score_predictions([oof_tta[i] for i in idx], [graphs[i] for i in idx])[0])
     L = int(df["seq_scored"].max())
     pos_err = np.zeros((L, len(TARGETS)))
     cnt = np.zeros(L)
@@ -329,7 +331,7 @@ def cv_report(df, graphs, oof, folds, fold_reports, cfg, run, fps) -> dict:
     pos_rmse = np.sqrt(pos_err / np.maximum(cnt, 1)[:, None])[:, SCORED_IDX].mean(1)
     return dict(run=run, config=cfg, fingerprints=fps, cv_mcrmse=score,
                 cv_rmse={c: float(v) for c, v in zip(TARGETS, per)}, n_scored_rows=len(idx),
-                folds=fold_reports, position_rmse=[float(v) for v in pos_rmse])
+                folds=fold_reports, position_rmse=[float(v) for v in pos_rmse], **extra)
 
 
 def cv_table(r: dict) -> str:
