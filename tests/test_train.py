@@ -107,9 +107,9 @@ def test_resume_trains_only_unfinished_folds(trained, tiny_cfg, monkeypatch, tmp
     calls = []
     real = T.train_fold
 
-    def spy(cfg, tr, va, fold, device, progress=True):
+    def spy(cfg, tr, va, fold, device, progress=True, **kw):
         calls.append(fold)
-        return real(cfg, tr, va, fold, device, progress)
+        return real(cfg, tr, va, fold, device, progress, **kw)
     monkeypatch.setattr(T, "train_fold", spy)
     rep = T.train_run(tiny_cfg, run_name=run, df=df, models_dir=tmp_path, progress=False)
     assert calls == [1] and (dst / "fold1.pt").is_file() and (dst / "cv.json").is_file()
@@ -193,3 +193,68 @@ def test_augmented_run_trains_on_alternative_structures(train_rows, tiny_cfg, tm
     rep = T.train_run(cfg, run_name="aug", df=pd.DataFrame(train_rows), models_dir=tmp_path, progress=False)
     assert len(seen) == 2 and all(k > 0 for k in seen)                # some molecules on eterna MFE each epoch
     assert np.isfinite(rep["cv_mcrmse"])
+
+
+def test_pseudo_graphs_carry_labels_mask_and_weight(test_rows):
+    graphs = build_graphs(pd.DataFrame(test_rows), progress=False, workers=1)
+    labels = [np.full((len(g.structure), 5), k, dtype=np.float32) for k, g in enumerate(graphs)]
+    scored = [r["seq_scored"] for r in test_rows]
+    ps = T.pseudo_graphs(graphs, labels, scored, 0.4)
+    for k, (g, h, sc) in enumerate(zip(graphs, ps, scored)):
+        assert int(h.score_mask.sum()) == sc and bool(h.score_mask[:sc].all())
+        assert torch.all(h.y[:sc] == k) and torch.all(h.y[sc:] == 0)
+        assert float(h.loss_w) == pytest.approx(0.4)
+        assert not bool(g.score_mask.any()) and "loss_w" not in g          # the cached graph is untouched
+    from torch_geometric.loader import DataLoader
+    b = next(iter(DataLoader(ps[:3], batch_size=3)))
+    assert torch.allclose(T.graph_weights(b, {}), torch.full((3,), 0.4))
+    plain = next(iter(DataLoader(graphs[:3], batch_size=3)))
+    assert torch.allclose(T.graph_weights(plain, {}), 0.5 * torch.log(1.1 + plain.sn))
+
+
+def test_pseudo_labelled_run_uses_its_folds_teacher(trained, tiny_cfg, test_rows, tmp_path, monkeypatch):
+    import shutil
+    d, teacher, df = trained
+    shutil.copytree(d / teacher, tmp_path / teacher)
+    test_df = pd.DataFrame(test_rows)
+    seen = {}
+    real = T.train_fold
+
+    def spy(cfg, tr, va, fold, device, progress=True, pseudo_g=None):
+        seen.update(tr=tr, pseudo=pseudo_g)
+        return real(cfg, tr, va, fold, device, progress, pseudo_g=pseudo_g)
+    monkeypatch.setattr(T, "train_fold", spy)
+    cfg = apply_overrides(json.loads(json.dumps(tiny_cfg)),
+                          ["train.only_folds=[0]", f"train.pseudo_from=[{teacher}]", "train.pseudo_weight=0.5",
+                           "train.pseudo_frac=0.5", "seed=5", f"train.fold_seed={tiny_cfg['seed']}"])
+    T.train_run(cfg, run_name="student", df=df, models_dir=tmp_path, progress=False, test_df=test_df)
+    ck_t = torch.load(tmp_path / teacher / "fold0.pt", weights_only=False)
+    ck_s = torch.load(tmp_path / "student" / "fold0.pt", weights_only=False)
+    assert ck_s["teachers"] == {teacher: ck_t["fingerprints"]}
+    # labels = fold 0 of the teacher, averaged over its TTA structures, on each test row's scored bases
+    from openvaccine.graphs import graph_params
+    p = graph_params(ck_t["config"])
+    model = T.load_model(ck_t, torch.device("cpu"))
+    per_v = [T.predict_graphs(model, build_graphs(test_df, p, structure=v, progress=False)) for v in ck_t["tta"]]
+    want = [np.mean(x, 0) for x in zip(*per_v)]
+    given = seen["pseudo"][0]                                   # variants: given structure first
+    for h, y, r in zip(given, want, test_rows):
+        sc = r["seq_scored"]
+        np.testing.assert_allclose(h.y[:sc].numpy(), y[:sc], atol=1e-5)
+        assert int(h.score_mask.sum()) == sc
+    real_w = np.array([float(g.loss_w) for g in seen["tr"][0]])     # real molecules keep their SN weight
+    np.testing.assert_allclose(real_w, [0.5 * np.log(1.1 + float(g.sn)) for g in seen["tr"][0]], rtol=1e-5)
+    assert len(real_w) == ck_s["n_train"]
+    np.testing.assert_allclose(float(given[0].loss_w), 0.5 * real_w.mean(), rtol=1e-5)
+
+
+def test_pseudo_labels_refuse_a_teacher_with_other_folds(trained, tiny_cfg, test_rows, tmp_path):
+    import shutil
+    d, teacher, df = trained
+    shutil.copytree(d / teacher, tmp_path / teacher)
+    base = json.loads(json.dumps(tiny_cfg))
+    for over, msg in ((["seed=3"], "held out other molecules"), (["train.pseudo_from=[nope]"], "has no fold 0")):
+        cfg = apply_overrides(base, ["train.only_folds=[0]", f"train.pseudo_from=[{teacher}]"] + over)
+        with pytest.raises(RuntimeError, match=msg):
+            T.train_run(cfg, run_name="student", df=df, models_dir=tmp_path, progress=False,
+                        test_df=pd.DataFrame(test_rows))

@@ -26,7 +26,7 @@ from . import TARGETS
 from .config import ROOT, atomic_path
 from .data import DataError, load_sample_submission, load_test, load_train, normalise_sequence, pair_table
 from .graphs import build_graphs, graph_params, tta_structures
-from .train import MODELS_DIR, get_device, load_model, mcrmse, predict_graphs, set_threads
+from .train import MODELS_DIR, get_device, load_model, mcrmse, set_threads, tta_predict
 
 SUBMISSIONS_DIR = ROOT / "submissions"
 SUBMISSION_COLUMNS = ["id_seqpos"] + TARGETS
@@ -82,14 +82,7 @@ def run_predict(run: Run, df: pd.DataFrame, tta: bool = True, progress: bool = T
     device = get_device()
     variants = tta_structures(run.graph) if tta else ["given"]
     models = [load_model(ck, device) for ck in run.checkpoints]
-    total = None
-    for v in variants:
-        graphs = build_graphs(df, run.graph, structure=v, progress=progress)
-        for m in models:
-            p = predict_graphs(m, graphs, device=device)
-            total = p if total is None else [a + b for a, b in zip(total, p)]
-    n = len(variants) * len(models)
-    return [a / n for a in total]
+    return tta_predict(models, {v: build_graphs(df, run.graph, structure=v, progress=progress) for v in variants}, device)
 
 
 # ---------------------------------------------------------------- blending

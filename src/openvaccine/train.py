@@ -10,6 +10,7 @@ The CV number is the competition's MCRMSE over ``reactivity``, ``deg_Mg_pH10`` a
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import random
@@ -26,7 +27,7 @@ from tqdm.auto import tqdm
 
 from . import SCORED, SCORED_IDX, TARGETS
 from .config import ROOT, atomic_path, fingerprint
-from .data import data_fingerprint, load_train
+from .data import data_fingerprint, load_test, load_train
 from .graphs import NUM_EDGE_FEATURES, NUM_NODE_FEATURES, build_graphs, feature_key, graph_params, tta_structures
 from .models import build_model
 
@@ -106,10 +107,17 @@ def make_folds(df: pd.DataFrame, k: int, seed: int, similarity: float) -> np.nda
 
 
 # ---------------------------------------------------------------- loss
-def graph_weights(batch, tcfg: dict) -> torch.Tensor:
+def molecule_weight(sn: torch.Tensor, tcfg: dict) -> torch.Tensor:
+    """Loss weight of a labelled molecule from its signal_to_noise: ``0.5 log(1.1 + SN)`` or 1."""
     if tcfg.get("sn_weight", "log") == "log":
-        return 0.5 * torch.log(1.1 + batch.sn.clamp(min=0))
-    return torch.ones_like(batch.sn)
+        return 0.5 * torch.log(1.1 + sn.clamp(min=0))
+    return torch.ones_like(sn)
+
+
+def graph_weights(batch, tcfg: dict) -> torch.Tensor:
+    if "loss_w" in batch:                   # set explicitly on every graph (pseudo-labelled training)
+        return batch.loss_w
+    return molecule_weight(batch.sn, tcfg)
 
 
 def weighted_mcrmse_loss(pred, batch, tcfg: dict) -> torch.Tensor:
@@ -140,6 +148,18 @@ def predict_graphs(model, graphs, batch_size: int = 64, device=None) -> list[np.
     return out
 
 
+def tta_predict(models, graphs_by_structure: dict, device=None) -> list[np.ndarray]:
+    """Mean prediction over ``models`` and structures (``{structure: graphs}``, same molecules in
+    the same order in every list): test-time augmentation."""
+    total, n = None, 0
+    for graphs in graphs_by_structure.values():
+        for m in models:
+            p = predict_graphs(m, graphs, device=device)
+            total = p if total is None else [a + b for a, b in zip(total, p)]
+            n += 1
+    return [a / n for a in total]
+
+
 def score_predictions(preds: list[np.ndarray], graphs) -> tuple[float, np.ndarray]:
     """MCRMSE (3 scored columns) and per-target RMSE (5), pooled over scored positions."""
     P = np.concatenate([p[g.score_mask[: len(p)].numpy()] for p, g in zip(preds, graphs)])
@@ -150,8 +170,12 @@ def score_predictions(preds: list[np.ndarray], graphs) -> tuple[float, np.ndarra
 
 # ---------------------------------------------------------------- training
 def fingerprints(cfg: dict, df: pd.DataFrame) -> dict:
+    """Fingerprints of what shapes a fold's model: the config (less its name and ``train.only_folds``,
+    so a fold-0 trial resumes into the full run), the training data and the features."""
     p = graph_params(cfg)
-    return dict(config=fingerprint({k: v for k, v in cfg.items() if k != "name"}),
+    c = {k: v for k, v in cfg.items() if k != "name"}
+    c["train"] = {k: v for k, v in c.get("train", {}).items() if k != "only_folds"}
+    return dict(config=fingerprint(c),
                 data=data_fingerprint(df), features=feature_key(p))
 
 
@@ -165,22 +189,36 @@ def epoch_graphs(variants: list[list], aug_prob: float, rng: np.random.Generator
     return [variants[v][k] for k, v in enumerate(pick)]
 
 
-def train_fold(cfg: dict, train_g, val_g, fold: int, device, progress: bool = True):
+def train_fold(cfg: dict, train_g, val_g, fold: int, device, progress: bool = True, pseudo_g=None):
     """Train one fold; returns (best_state_dict, best_score, history).
 
     ``train_g`` is a list of graphs, or a list of variants (lists of graphs of the same molecules
-    on different structures, the given one first) for structure augmentation.
+    on different structures, the given one first) for structure augmentation. ``pseudo_g``
+    (same forms): pseudo-labelled molecules, of which a random ``train.pseudo_frac`` joins every
+    epoch; both kinds then carry their loss weight in ``loss_w``.
     """
     t = cfg["train"]
     set_seed(int(cfg.get("seed", 42)) + fold)
     variants = train_g if train_g and isinstance(train_g[0], list) else [train_g]
+    pvariants = (pseudo_g if isinstance(pseudo_g[0], list) else [pseudo_g]) if pseudo_g else []
+    n_p = int(round(float(t.get("pseudo_frac", 0.25)) * len(pvariants[0]))) if pvariants else 0
     aug_rng = np.random.default_rng(int(cfg.get("seed", 42)) + fold)
+    aug_prob = float(t.get("aug_prob", 0.5))
+
+    def this_epoch() -> list:
+        gs = epoch_graphs(variants, aug_prob, aug_rng)
+        if n_p:
+            pick = aug_rng.choice(len(pvariants[0]), n_p, replace=False)
+            gs = gs + epoch_graphs([[pv[i] for i in pick] for pv in pvariants], aug_prob, aug_rng)
+        return gs
     model = build_model(cfg, NUM_NODE_FEATURES, NUM_EDGE_FEATURES).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=float(t["lr"]), weight_decay=float(t.get("weight_decay", 0)))
     gen = torch.Generator().manual_seed(int(cfg.get("seed", 42)) + fold)
-    loader = DataLoader(variants[0], batch_size=int(t["batch_size"]), shuffle=True, generator=gen)
+    bs = int(t["batch_size"])
+    loader = DataLoader(variants[0], batch_size=bs, shuffle=True, generator=gen)
     epochs = int(t["epochs"])
-    steps = len(loader) if not t.get("max_steps") else min(len(loader), int(t["max_steps"]))
+    per_epoch = -(-(len(variants[0]) + n_p) // bs)
+    steps = per_epoch if not t.get("max_steps") else min(per_epoch, int(t["max_steps"]))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=float(t["lr"]), total_steps=max(1, epochs * steps),
                                                 pct_start=0.1, anneal_strategy="cos")
     amp = device.type == "cuda"
@@ -188,9 +226,8 @@ def train_fold(cfg: dict, train_g, val_g, fold: int, device, progress: bool = Tr
     best, best_state, bad, hist = float("inf"), None, 0, []
     for ep in range(epochs):
         model.train()
-        if len(variants) > 1:
-            loader = DataLoader(epoch_graphs(variants, float(t.get("aug_prob", 0.5)), aug_rng),
-                                batch_size=int(t["batch_size"]), shuffle=True, generator=gen)
+        if len(variants) > 1 or n_p:
+            loader = DataLoader(this_epoch(), batch_size=bs, shuffle=True, generator=gen)
         t0 = time.perf_counter()
         run_loss, n = 0.0, 0
         bar = tqdm(loader, total=steps, desc=f"fold {fold} epoch {ep + 1}/{epochs}", leave=False, disable=not progress)
@@ -235,9 +272,62 @@ def load_model(ckpt: dict, device=None):
     return model.to(device).eval()
 
 
+# ---------------------------------------------------------------- pseudo-labels
+def teacher_labels(teachers: list[str], fold: int, fold_index: np.ndarray, data_fp: str, test_df: pd.DataFrame,
+                   models_dir: Path, device=None, progress: bool = True) -> tuple[list[np.ndarray], dict]:
+    """Pseudo-labels for ``test_df``: the mean over ``teachers`` (run names) of fold ``fold``'s
+    test-time-augmented prediction.
+
+    Only fold ``fold`` of a teacher is used, and it must have held out exactly ``fold_index``
+    (this run's fold) of the same training data: a student trained on these labels for that fold
+    never sees, even through its teacher, the molecules it is validated on, so its CV stays honest.
+    """
+    preds, used = [], {}
+    for name in teachers:
+        path = Path(models_dir) / name / f"fold{fold}.pt"
+        if not path.is_file():
+            raise RuntimeError(f"train.pseudo_from: teacher run {name!r} has no fold {fold} ({path}); train it first")
+        ck = torch.load(path, weights_only=False, map_location="cpu")
+        if ck["fingerprints"]["data"] != data_fp or not np.array_equal(np.sort(ck["oof_index"]), np.sort(fold_index)):
+            raise RuntimeError(f"train.pseudo_from: {path} held out other molecules than this run's fold {fold} "
+                               "(other train.fold_seed/seed, train.folds, train.similarity or data): its labels would leak validation rows")
+        p = graph_params(ck["config"])
+        by = {v: build_graphs(test_df, p, structure=v, progress=progress) for v in tta_structures(p)}
+        preds.append(tta_predict([load_model(ck, device)], by, device))
+        used[name] = ck["fingerprints"]
+    return [np.mean(x, 0) for x in zip(*preds)], used
+
+
+def with_loss_weight(graphs, weights) -> list:
+    """Shallow copies of ``graphs`` carrying a per-molecule loss weight ``loss_w``."""
+    out = []
+    for g, w in zip(graphs, weights):
+        h = copy.copy(g)
+        h.loss_w = torch.tensor([float(w)])
+        out.append(h)
+    return out
+
+
+def pseudo_graphs(graphs, labels: list[np.ndarray], n_scored, weight: float) -> list:
+    """Copies of unlabelled ``graphs`` labelled with ``labels`` on their first ``n_scored`` bases."""
+    out = with_loss_weight(graphs, [weight] * len(graphs))
+    for h, y, sc in zip(out, labels, n_scored):
+        sc = int(sc)
+        h.y = torch.zeros_like(h.y)
+        h.y[:sc] = torch.from_numpy(np.asarray(y[:sc], dtype=np.float32))
+        h.score_mask = torch.zeros_like(h.score_mask)
+        h.score_mask[:sc] = True
+    return out
+
+
 def train_run(cfg: dict, run_name: str | None = None, df: pd.DataFrame | None = None,
-              models_dir: Path | str | None = None, progress: bool = True) -> dict:
-    """Train (or resume) every fold of one config; returns the CV report."""
+              models_dir: Path | str | None = None, progress: bool = True,
+              test_df: pd.DataFrame | None = None) -> dict:
+    """Train (or resume) every fold of one config; returns the CV report.
+
+    With ``train.pseudo_from`` (teacher runs), the unlabelled ``test_df`` (default: the
+    competition's test set) joins training with labels from the teachers' matching fold.
+    """
     t = cfg["train"]
     set_threads(t.get("threads"))
     device = get_device()
@@ -252,8 +342,13 @@ def train_run(cfg: dict, run_name: str | None = None, df: pd.DataFrame | None = 
                     for v in dict.fromkeys(["given"] + aug + tta)}       # each structure built once
     graphs = by_structure["given"]
     alt = [by_structure[v] for v in aug]
+    teachers = list(t.get("pseudo_from") or [])
+    if teachers:                             # unlabelled test molecules, on the training structures
+        test_df = load_test() if test_df is None else test_df.reset_index(drop=True)
+        test_by = {v: build_graphs(test_df, p, structure=v, progress=progress) for v in dict.fromkeys(["given"] + aug)}
     k = int(t["folds"])
-    folds = make_folds(df, k, int(cfg.get("seed", 42)), float(t.get("similarity", 0.8)))
+    # train.fold_seed (default: seed) lets runs with other model seeds share folds (pseudo-label teachers)
+    folds = make_folds(df, k, int(t.get("fold_seed", cfg.get("seed", 42))), float(t.get("similarity", 0.8)))
     sn = df["signal_to_noise"].to_numpy()
     good = df["SN_filter"].to_numpy() == 1
     usable = good | (sn >= float(t.get("min_sn", 1.0)))
@@ -273,14 +368,22 @@ def train_run(cfg: dict, run_name: str | None = None, df: pd.DataFrame | None = 
         else:
             tr_idx = np.nonzero((folds != f) & usable)[0]
             va_idx = np.nonzero((folds == f) & good)[0]
+            va_all = np.nonzero(folds == f)[0]
             t0 = time.perf_counter()
             train_g = [[gs[i] for i in tr_idx] for gs in [graphs] + alt]
+            pseudo_g, teacher_fps = None, None
+            if teachers:
+                labels, teacher_fps = teacher_labels(teachers, f, va_all, fps["data"], test_df, out.parent, device, progress)
+                w_real = molecule_weight(torch.from_numpy(sn[tr_idx]).float(), t).numpy()
+                w_pseudo = float(t.get("pseudo_weight", 0.5)) * float(w_real.mean())
+                train_g = [with_loss_weight(gs, w_real) for gs in train_g]
+                pseudo_g = [pseudo_graphs(test_by[v], labels, test_df["seq_scored"], w_pseudo) for v in test_by]
+                pseudo_g = pseudo_g if alt else pseudo_g[0]
             state, score, hist = train_fold(cfg, train_g if alt else train_g[0], [graphs[i] for i in va_idx],
-                                            f, device, progress)
+                                            f, device, progress, pseudo_g=pseudo_g)
             seconds = time.perf_counter() - t0
             model = build_model(cfg, NUM_NODE_FEATURES, NUM_EDGE_FEATURES).to(device)
             model.load_state_dict(state)
-            va_all = np.nonzero(folds == f)[0]
             # the submission averages over the TTA structures: record that OOF prediction too
             per_v = {v: predict_graphs(model, [by_structure[v][i] for i in va_all], device=device) for v in tta}
             preds = per_v["given"]
@@ -289,7 +392,7 @@ def train_run(cfg: dict, run_name: str | None = None, df: pd.DataFrame | None = 
                       seconds=seconds, device=str(device), n_train=len(tr_idx), n_val=len(va_idx),
                       oof_index=va_all, oof=[q.astype(np.float32) for q in preds],
                       oof_tta=[q.astype(np.float32) for q in preds_tta], tta=tta,
-                      torch=torch.__version__)
+                      teachers=teacher_fps, torch=torch.__version__)
             save_atomic(ck, ck_path)
         for i, q, qt in zip(ck["oof_index"], ck["oof"], ck.get("oof_tta", ck["oof"])):
             oof[i], oof_tta[i] = q, qt
