@@ -231,6 +231,7 @@ def test_pseudo_labelled_run_uses_its_folds_teacher(trained, tiny_cfg, test_rows
     ck_t = torch.load(tmp_path / teacher / "fold0.pt", weights_only=False)
     ck_s = torch.load(tmp_path / "student" / "fold0.pt", weights_only=False)
     assert ck_s["teachers"] == {teacher: ck_t["fingerprints"]}
+    assert f"| {teacher} | **" in T.experiments_table(tmp_path)            # the report names the teacher
     # labels = fold 0 of the teacher, averaged over its TTA structures, on each test row's scored bases
     from openvaccine.graphs import graph_params
     p = graph_params(ck_t["config"])
