@@ -189,6 +189,11 @@ def epoch_graphs(variants: list[list], aug_prob: float, rng: np.random.Generator
     return [variants[v][k] for k, v in enumerate(pick)]
 
 
+def as_variants(graphs) -> list[list]:
+    """A list of graphs as one variant; a list of variants as it is."""
+    return graphs if graphs and isinstance(graphs[0], list) else [graphs]
+
+
 def train_fold(cfg: dict, train_g, val_g, fold: int, device, progress: bool = True, pseudo_g=None):
     """Train one fold; returns (best_state_dict, best_score, history).
 
@@ -199,8 +204,8 @@ def train_fold(cfg: dict, train_g, val_g, fold: int, device, progress: bool = Tr
     """
     t = cfg["train"]
     set_seed(int(cfg.get("seed", 42)) + fold)
-    variants = train_g if train_g and isinstance(train_g[0], list) else [train_g]
-    pvariants = (pseudo_g if isinstance(pseudo_g[0], list) else [pseudo_g]) if pseudo_g else []
+    variants = as_variants(train_g)
+    pvariants = as_variants(pseudo_g) if pseudo_g else []
     n_p = int(round(float(t.get("pseudo_frac", 0.25)) * len(pvariants[0]))) if pvariants else 0
     aug_rng = np.random.default_rng(int(cfg.get("seed", 42)) + fold)
     aug_prob = float(t.get("aug_prob", 0.5))
@@ -378,8 +383,7 @@ def train_run(cfg: dict, run_name: str | None = None, df: pd.DataFrame | None = 
                 w_pseudo = float(t.get("pseudo_weight", 0.5)) * float(w_real.mean())
                 train_g = [with_loss_weight(gs, w_real) for gs in train_g]
                 pseudo_g = [pseudo_graphs(test_by[v], labels, test_df["seq_scored"], w_pseudo) for v in test_by]
-                pseudo_g = pseudo_g if alt else pseudo_g[0]
-            state, score, hist = train_fold(cfg, train_g if alt else train_g[0], [graphs[i] for i in va_idx],
+            state, score, hist = train_fold(cfg, train_g, [graphs[i] for i in va_idx],
                                             f, device, progress, pseudo_g=pseudo_g)
             seconds = time.perf_counter() - t0
             model = build_model(cfg, NUM_NODE_FEATURES, NUM_EDGE_FEATURES).to(device)
