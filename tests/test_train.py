@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -18,6 +19,15 @@ def test_config_inheritance_and_overrides():
     assert cfg["train"]["folds"] == 5                     # inherited from default.yaml
     with pytest.raises(ValueError, match="key=value"):
         apply_overrides(cfg, ["model.hidden"])
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_shipped_config_loads_and_builds_its_model(path):
+    cfg = load_config(path)
+    assert cfg["name"] == path.stem                     # `make train MEMBERS=<stem>` trains models/<stem>
+    assert cfg["model"]["conv"] in CONVS and int(cfg["train"]["folds"]) >= 2
+    assert set(cfg["train"].get("pseudo_from") or []) <= {p.stem for p in path.parent.glob("*.yaml")}
+    build_model(cfg, NUM_NODE_FEATURES, NUM_EDGE_FEATURES)
 
 
 @pytest.mark.parametrize("conv", CONVS)
@@ -193,6 +203,41 @@ def test_augmented_run_trains_on_alternative_structures(train_rows, tiny_cfg, tm
     rep = T.train_run(cfg, run_name="aug", df=pd.DataFrame(train_rows), models_dir=tmp_path, progress=False)
     assert len(seen) == 2 and all(k > 0 for k in seen)                # some molecules on eterna MFE each epoch
     assert np.isfinite(rep["cv_mcrmse"])
+
+
+def test_length_batches_hold_one_length_and_cover_every_molecule_once():
+    from types import SimpleNamespace
+    graphs = [SimpleNamespace(num_nodes=n) for n in [107] * 70 + [130] * 45]
+    gen = torch.Generator().manual_seed(0)
+    batches = T.length_batches(graphs, 32, gen)
+    assert sorted(i for b in batches for i in b) == list(range(115))
+    assert all(len({graphs[i].num_nodes for i in b}) == 1 and 1 <= len(b) <= 32 for b in batches)
+    assert sorted(len(b) for b in batches) == [6, 13, 32, 32, 32]                  # 70 = 32+32+6, 45 = 32+13
+    again = T.length_batches(graphs, 32, gen)
+    assert again != batches                                                        # reshuffled every call
+    assert T.length_batches(graphs, 32, torch.Generator().manual_seed(0)) == batches   # seeded
+
+
+def test_length_batched_training_on_mixed_lengths(train_rows, test_rows, tiny_cfg, monkeypatch):
+    graphs = build_graphs(pd.DataFrame(train_rows), progress=False, workers=1)
+    pseudo = T.pseudo_graphs(build_graphs(pd.DataFrame(test_rows), progress=False, workers=1),
+                             [np.full((len(r["sequence"]), 5), 0.5, dtype=np.float32) for r in test_rows],
+                             [r["seq_scored"] for r in test_rows], 0.5)
+    seen = []
+    real = T.weighted_mcrmse_loss
+
+    def spy(pred, batch, t):
+        seen.append(torch.bincount(batch.batch).unique().tolist())
+        return real(pred, batch, t)
+    monkeypatch.setattr(T, "weighted_mcrmse_loss", spy)
+    cfg = apply_overrides(json.loads(json.dumps(tiny_cfg)), ["train.length_batches=true", "train.pseudo_frac=1.0",
+                                                             "train.batch_size=8", "train.max_steps=0"])
+    train_g = T.with_loss_weight(graphs[:32], torch.ones(32))
+    _, best, hist = T.train_fold(cfg, train_g, graphs[32:], 0, torch.device("cpu"), progress=False, pseudo_g=pseudo)
+    assert np.isfinite(best) and len(hist) == 2
+    assert all(len(s) == 1 for s in seen)                                          # one length per batch
+    assert {s[0] for s in seen} == {107, 130}
+    assert len(seen) == 2 * (5 + 1)                 # per epoch: 32 + 4 x 107 nt -> 5 batches, 4 x 130 nt -> 1
 
 
 def test_pseudo_graphs_carry_labels_mask_and_weight(test_rows):
