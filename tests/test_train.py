@@ -205,41 +205,6 @@ def test_augmented_run_trains_on_alternative_structures(train_rows, tiny_cfg, tm
     assert np.isfinite(rep["cv_mcrmse"])
 
 
-def test_length_batches_hold_one_length_and_cover_every_molecule_once():
-    from types import SimpleNamespace
-    graphs = [SimpleNamespace(num_nodes=n) for n in [107] * 70 + [130] * 45]
-    gen = torch.Generator().manual_seed(0)
-    batches = T.length_batches(graphs, 32, gen)
-    assert sorted(i for b in batches for i in b) == list(range(115))
-    assert all(len({graphs[i].num_nodes for i in b}) == 1 and 1 <= len(b) <= 32 for b in batches)
-    assert sorted(len(b) for b in batches) == [6, 13, 32, 32, 32]                  # 70 = 32+32+6, 45 = 32+13
-    again = T.length_batches(graphs, 32, gen)
-    assert again != batches                                                        # reshuffled every call
-    assert T.length_batches(graphs, 32, torch.Generator().manual_seed(0)) == batches   # seeded
-
-
-def test_length_batched_training_on_mixed_lengths(train_rows, test_rows, tiny_cfg, monkeypatch):
-    graphs = build_graphs(pd.DataFrame(train_rows), progress=False, workers=1)
-    pseudo = T.pseudo_graphs(build_graphs(pd.DataFrame(test_rows), progress=False, workers=1),
-                             [np.full((len(r["sequence"]), 5), 0.5, dtype=np.float32) for r in test_rows],
-                             [r["seq_scored"] for r in test_rows], 0.5)
-    seen = []
-    real = T.weighted_mcrmse_loss
-
-    def spy(pred, batch, t):
-        seen.append(torch.bincount(batch.batch).unique().tolist())
-        return real(pred, batch, t)
-    monkeypatch.setattr(T, "weighted_mcrmse_loss", spy)
-    cfg = apply_overrides(json.loads(json.dumps(tiny_cfg)), ["train.length_batches=true", "train.pseudo_frac=1.0",
-                                                             "train.batch_size=8", "train.max_steps=0"])
-    train_g = T.with_loss_weight(graphs[:32], torch.ones(32))
-    _, best, hist = T.train_fold(cfg, train_g, graphs[32:], 0, torch.device("cpu"), progress=False, pseudo_g=pseudo)
-    assert np.isfinite(best) and len(hist) == 2
-    assert all(len(s) == 1 for s in seen)                                          # one length per batch
-    assert {s[0] for s in seen} == {107, 130}
-    assert len(seen) == 2 * (5 + 1)                 # per epoch: 32 + 4 x 107 nt -> 5 batches, 4 x 130 nt -> 1
-
-
 def test_pseudo_graphs_carry_labels_mask_and_weight(test_rows):
     graphs = build_graphs(pd.DataFrame(test_rows), progress=False, workers=1)
     labels = [np.full((len(g.structure), 5), k, dtype=np.float32) for k, g in enumerate(graphs)]

@@ -194,26 +194,13 @@ def as_variants(graphs) -> list[list]:
     return graphs if graphs and isinstance(graphs[0], list) else [graphs]
 
 
-def length_batches(graphs, batch_size: int, gen: torch.Generator) -> list[list[int]]:
-    """Shuffled batches of indices into ``graphs`` in which every molecule has the same length
-    (the recurrent layer then needs no packing); the batch order is shuffled too."""
-    lengths = np.array([g.num_nodes for g in graphs])
-    batches = []
-    for n in np.unique(lengths):
-        idx = np.flatnonzero(lengths == n)
-        idx = idx[torch.randperm(len(idx), generator=gen).numpy()]
-        batches += [idx[i:i + batch_size].tolist() for i in range(0, len(idx), batch_size)]
-    return [batches[i] for i in torch.randperm(len(batches), generator=gen).tolist()]
-
-
 def train_fold(cfg: dict, train_g, val_g, fold: int, device, progress: bool = True, pseudo_g=None):
     """Train one fold; returns (best_state_dict, best_score, history).
 
     ``train_g`` is a list of graphs, or a list of variants (lists of graphs of the same molecules
     on different structures, the given one first) for structure augmentation. ``pseudo_g``
     (same forms): pseudo-labelled molecules, of which a random ``train.pseudo_frac`` joins every
-    epoch; both kinds then carry their loss weight in ``loss_w``. ``train.length_batches``: batches
-    of equal-length molecules (mixed 107/130-nt epochs skip the packed RNN path).
+    epoch; both kinds then carry their loss weight in ``loss_w``.
     """
     t = cfg["train"]
     set_seed(int(cfg.get("seed", 42)) + fold)
@@ -233,18 +220,9 @@ def train_fold(cfg: dict, train_g, val_g, fold: int, device, progress: bool = Tr
     opt = torch.optim.AdamW(model.parameters(), lr=float(t["lr"]), weight_decay=float(t.get("weight_decay", 0)))
     gen = torch.Generator().manual_seed(int(cfg.get("seed", 42)) + fold)
     bs = int(t["batch_size"])
-    by_length = bool(t.get("length_batches", False))
-
-    def make_loader(gs):
-        if by_length:
-            return DataLoader(gs, batch_sampler=length_batches(gs, bs, gen))
-        return DataLoader(gs, batch_size=bs, shuffle=True, generator=gen)
-    loader = make_loader(variants[0])
+    loader = DataLoader(variants[0], batch_size=bs, shuffle=True, generator=gen)
     epochs = int(t["epochs"])
     per_epoch = -(-(len(variants[0]) + n_p) // bs)
-    if by_length:                                   # at most one partial batch per length
-        lens = {g.num_nodes for g in variants[0]} | ({g.num_nodes for g in pvariants[0]} if n_p else set())
-        per_epoch += len(lens) - 1
     steps = per_epoch if not t.get("max_steps") else min(per_epoch, int(t["max_steps"]))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=float(t["lr"]), total_steps=max(1, epochs * steps),
                                                 pct_start=0.1, anneal_strategy="cos")
@@ -254,7 +232,7 @@ def train_fold(cfg: dict, train_g, val_g, fold: int, device, progress: bool = Tr
     for ep in range(epochs):
         model.train()
         if len(variants) > 1 or n_p:
-            loader = make_loader(this_epoch())
+            loader = DataLoader(this_epoch(), batch_size=bs, shuffle=True, generator=gen)
         t0 = time.perf_counter()
         run_loss, n = 0.0, 0
         bar = tqdm(loader, total=steps, desc=f"fold {fold} epoch {ep + 1}/{epochs}", leave=False, disable=not progress)
