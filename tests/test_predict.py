@@ -57,7 +57,6 @@ def test_blend_weights_are_a_convex_combination():
     assert np.allclose(W.sum(0), 1) and (W >= 0).all() and (W[0] > 0.9).all()
 
 
-
 def test_blend_weights_reach_the_optimum_of_two_close_members():
     # two members that differ by ~1 % of their error: the optimum (per target, found exactly by a
     # 1-D least squares) must be reached, not the equal-weight starting point
@@ -73,6 +72,7 @@ def test_blend_weights_reach_the_optimum_of_two_close_members():
         best = np.clip(d @ r / (d @ d), 0, 1)
         assert W[0, c] == pytest.approx(best, abs=1e-3) and W[1, c] == pytest.approx(1 - best, abs=1e-3)
     assert not np.allclose(W, 0.5, atol=0.01)
+
 
 def test_submit_without_models_says_what_to_run(tmp_path):
     with pytest.raises(SystemExit, match="make train"):

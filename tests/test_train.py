@@ -1,5 +1,4 @@
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -7,7 +6,7 @@ import pytest
 import torch
 
 from openvaccine import train as T
-from openvaccine.config import apply_overrides, load_config
+from openvaccine.config import CONFIG_DIR, apply_overrides, load_config
 from openvaccine.graphs import NUM_EDGE_FEATURES, NUM_NODE_FEATURES, build_graphs
 from openvaccine.models import CONVS, build_model
 
@@ -21,12 +20,12 @@ def test_config_inheritance_and_overrides():
         apply_overrides(cfg, ["model.hidden"])
 
 
-@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")), ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*.yaml")), ids=lambda p: p.stem)
 def test_every_shipped_config_loads_and_builds_its_model(path):
     cfg = load_config(path)
     assert cfg["name"] == path.stem                     # `make train MEMBERS=<stem>` trains models/<stem>
     assert cfg["model"]["conv"] in CONVS and int(cfg["train"]["folds"]) >= 2
-    assert set(cfg["train"].get("pseudo_from") or []) <= {p.stem for p in path.parent.glob("*.yaml")}
+    assert set(cfg["train"].get("pseudo_from") or []) <= {p.stem for p in CONFIG_DIR.glob("*.yaml")}
     build_model(cfg, NUM_NODE_FEATURES, NUM_EDGE_FEATURES)
 
 
