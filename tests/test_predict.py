@@ -4,7 +4,7 @@ import pytest
 
 from openvaccine import TARGETS
 from openvaccine.data import DataError
-from openvaccine.predict import (fit_blend, load_runs, make_submission, predict_file, read_sequences,
+from openvaccine.predict import (blend, fit_blend, nested_blend, load_runs, make_submission, predict_file, read_sequences,
                                  submission_frame, validate_submission, write_submission)
 
 
@@ -72,6 +72,28 @@ def test_blend_weights_reach_the_optimum_of_two_close_members():
         best = np.clip(d @ r / (d @ d), 0, 1)
         assert W[0, c] == pytest.approx(best, abs=1e-3) and W[1, c] == pytest.approx(1 - best, abs=1e-3)
     assert not np.allclose(W, 0.5, atol=0.01)
+
+
+def test_nested_blend_applies_weights_fitted_on_the_other_folds():
+    # member a is exact on fold 1 and noisy on fold 0, member b the reverse: weights fitted on all
+    # rows share the two, but each fold's nested weights come from the other fold, where the
+    # member that fails here looks perfect
+    rng = np.random.default_rng(2)
+    y = rng.normal(size=(40, 130, 5))
+    folds = np.repeat([0, 1], 20)
+    mask = np.zeros((40, 130), bool)
+    mask[:, :68] = True
+    noise = rng.normal(scale=0.5, size=y.shape)
+    a, b = y + noise * (folds == 0)[:, None, None], y + noise * (folds == 1)[:, None, None]
+    nested = nested_blend([a, b], y, mask, folds)
+    for f in (0, 1):
+        va = folds == f
+        W = fit_blend([a[~va], b[~va]], y[~va], mask[~va])
+        assert np.allclose(nested[va], blend([a[va], b[va]], W))
+        assert np.allclose(W[f], 1.0, atol=1e-3)                    # the member exact on the other fold
+    fitted = blend([a, b], fit_blend([a, b], y, mask))
+    err = lambda p: np.sqrt(((p - y)[mask] ** 2).mean())
+    assert err(nested) > 1.5 * err(fitted)
 
 
 def test_submit_without_models_says_what_to_run(tmp_path):
