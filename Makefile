@@ -24,7 +24,7 @@ endif
 features:  ## fold every molecule (ViennaRNA, cached) and build all graphs, given + MFE structures
 	$(PYTHON) -m openvaccine features --mfe
 
-train:  ## train the members in MEMBERS (default: default; "default pseudo gatv2_pseudo" adds the pseudo-labelled students) or one CONFIG
+train:  ## train the members in MEMBERS (default: default; "default pseudo gatv2_pseudo edgegated_pseudo" adds the pseudo-labelled students) or one CONFIG
 ifdef CONFIG
 	$(PYTHON) -m openvaccine train --config $(CONFIG)
 else
@@ -34,7 +34,7 @@ endif
 submit:  ## blend every trained run into submissions/submission.csv (validated)
 	$(PYTHON) -m openvaccine submit
 
-score:  ## OOF MCRMSE of each run and of the blend
+score:  ## OOF MCRMSE of each run and of the blend (also with weights fitted on other folds)
 	$(PYTHON) -m openvaccine score
 
 predict:  ## per-base predictions for new sequences: make predict INPUT=seqs.fasta OUT=preds.csv
