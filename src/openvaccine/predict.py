@@ -150,8 +150,8 @@ def blend_report(names: list[str] | None = None, runs: list[Run] | None = None,
         s = int(r["seq_scored"])
         y[k, :s] = np.stack([r[t] for t in TARGETS], 1)
         mask[k, :s] = True
-    oofs, folds = zip(*[_oof_matrix(r, df) for r in runs])
-    W = fit_blend(list(oofs), y, mask)
+    oofs, folds = map(list, zip(*[_oof_matrix(r, df) for r in runs]))
+    W = fit_blend(oofs, y, mask)
     fitted = blend(oofs, W)
     members = {r.name: mcrmse(o[mask], y[mask]) for r, o in zip(runs, oofs)}
     rep = dict(members=members, weights={r.name: dict(zip(TARGETS, map(float, W[i]))) for i, r in enumerate(runs)},
@@ -159,7 +159,7 @@ def blend_report(names: list[str] | None = None, runs: list[Run] | None = None,
                blend_rmse=dict(zip(TARGETS, np.sqrt(((fitted[mask] - y[mask]) ** 2).mean(0)).tolist())),
                n_molecules=int(len(df)), max_scored=L)
     if len(runs) > 1:          # weights fitted on the other folds of the first run (members may differ in folds)
-        rep["blend_mcrmse_nested"] = mcrmse(nested_blend(list(oofs), y, mask, folds[0])[mask], y[mask])
+        rep["blend_mcrmse_nested"] = mcrmse(nested_blend(oofs, y, mask, folds[0])[mask], y[mask])
     return rep
 
 
