@@ -6,7 +6,7 @@ MEMBERS ?= default
 INPUT ?=
 OUT ?= predictions.csv
 
-.PHONY: all setup data features train submit score predict bench test report-loops clean-cache compare
+.PHONY: all setup data features train submit score predict bench test report-loops report-structures clean-cache compare
 
 all: data features train submit
 
@@ -46,6 +46,9 @@ bench:  ## graphs/second for training and inference on this device
 
 report-loops:  ## how well our bpRNA loop-type annotation reproduces the given one
 	$(PYTHON) -m openvaccine report-loops
+
+report-structures:  ## how closely folding settings (temperatures, dangles, parameter sets, engines) reproduce the given 130-nt test structures
+	$(PYTHON) -m openvaccine report-structures
 
 test:  ## the test suite (tiny inputs; notebooks executed on a small sample)
 	$(PYTHON) -m pytest -q tests

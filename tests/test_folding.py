@@ -77,3 +77,25 @@ def test_parallel_fold_matches_serial(train_rows, cache_dir, tmp_path):
 def test_base_pair_distance():
     assert base_pair_distance("((..))", "((..))") == 0
     assert base_pair_distance("((..))", ".(..)." ) == 1
+
+
+def test_structure_agreement_scores_given_structures(train_rows):
+    from openvaccine.folding import structure_agreement
+    rows = train_rows[:3]
+    seqs, given = [r["sequence"] for r in rows], [r["structure"] for r in rows]
+    t = structure_agreement(seqs, given, {"default": {}, "hot": dict(temperature=95.0),
+                                          "T99": dict(params="Turner1999")}, progress=False)
+    # the 107-nt given structures are ViennaRNA's default MFE; at 95 °C little stays paired
+    assert t.loc["default", "mean_bp_distance"] == 0 and t.loc["default", "exact"] == 1.0
+    assert t.loc["hot", "mean_bp_distance"] > 5 and t.loc["hot", "exact"] == 0.0
+    assert list(t["molecules"]) == [3, 3, 3]
+
+
+def test_mfe_structures_rejects_unknown_settings():
+    from openvaccine.folding import mfe_structures
+    with pytest.raises(ValueError, match="temprature"):
+        mfe_structures(["GGGAAACCC"], dict(temprature=30))
+    with pytest.raises(ValueError, match="Turner1066"):
+        mfe_structures(["GGGAAACCC"], dict(params="Turner1066"))
+    with pytest.raises(ValueError, match="unknown folding engine 'nupack'"):
+        mfe_structures(["GGGAAACCC"], dict(engine="nupack"))

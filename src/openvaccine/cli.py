@@ -1,6 +1,6 @@
 """Command line: ``python -m openvaccine <command> [options] [key=value ...]``.
 
-Commands: data, features, train, submit, score, predict, bench, report-loops.
+Commands: data, features, train, submit, score, predict, bench, report-loops, report-structures.
 Trailing ``key.sub=value`` arguments override the YAML config.
 """
 from __future__ import annotations
@@ -97,6 +97,24 @@ def cmd_report(args):
     print(text)
 
 
+def cmd_report_structures(args):
+    import numpy as np
+    from .folding import structure_agreement
+    from .data import load_test, load_train
+    df = load_train() if args.split == "train" else load_test()
+    df = df[df.seq_length == args.length] if args.length else df
+    if len(df) == 0:
+        sys.exit(f"no {args.split} molecules of length {args.length}")
+    rng = np.random.default_rng(args.seed)
+    df = df.iloc[np.sort(rng.choice(len(df), min(args.n, len(df)), replace=False))]
+    t = structure_agreement(list(df.sequence), list(df.structure))
+    print(f"given structures of {len(df)} {args.split} molecules"
+          f"{f' of {args.length} nt' if args.length else ''} (seed {args.seed}) vs. MFE structures:")
+    print("| setting | mean bp distance | median | reproduced exactly |\n| --- | --- | --- | --- |")
+    for name, r in t.iterrows():
+        print(f"| {name} | {r.mean_bp_distance:.2f} | {r.median_bp_distance:.0f} | {100 * r.exact:.0f}% |")
+
+
 def cmd_bench(args):
     from .train import benchmark
     benchmark(_cfg(args), n_graphs=args.n)
@@ -119,6 +137,12 @@ def main(argv=None):
     p.set_defaults(fn=cmd_features)
     sub.add_parser("report-loops", help="agreement of our loop-type annotation with the given one") \
         .set_defaults(fn=cmd_report_loops)
+    p = sub.add_parser("report-structures", help="how closely folding settings reproduce the given structures")
+    p.add_argument("--split", choices=["train", "test"], default="test")
+    p.add_argument("--length", type=int, default=130, help="only molecules of this length (0: all)")
+    p.add_argument("--n", type=int, default=250, help="molecules sampled")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(fn=cmd_report_structures)
     p = with_config(sub.add_parser("train", help="K-fold training of one config"))
     p.add_argument("--run-name", default=None)
     p.set_defaults(fn=cmd_train)

@@ -9,6 +9,9 @@ Engines
 ``linearpartition``  LinearPartition (``mode='eterna'``: EternaFold-like parameters, or
                      ``'vienna'``), linear time.
 
+``structure_agreement`` measures how closely the MFE structures of other folding settings
+(temperatures, dangles, parameter sets, engines) reproduce a set of given structures.
+
 Results are cached on disk, one ``.npz`` per (sequence, engine, parameters) under
 ``cache/folding/<engine-key>/``, so a second run costs nothing. Probabilities below ``1e-5`` are
 dropped, as in the competition's ``bpps`` files.
@@ -266,3 +269,65 @@ def base_pair_distance(s1: str, s2: str) -> int:
         pt = pair_table(s)
         return {(i, int(j)) for i, j in enumerate(pt) if j > i}
     return len(pairs(s1) ^ pairs(s2))
+
+
+# Folding settings tried against the given structures (``structure_agreement``). Keys of a setting:
+# engine (vienna | linearpartition), temperature, dangles, noLP (ViennaRNA model details), params
+# (ViennaRNA parameter set, ``RNA.params_load_RNA_<params>``), mode (LinearPartition).
+FOLDING_SETTINGS: dict[str, dict] = {
+    "ViennaRNA 37 °C (default)": {},
+    **{f"ViennaRNA {t} °C": dict(temperature=float(t)) for t in (25, 30, 33, 40, 42, 45, 50)},
+    **{f"ViennaRNA dangles={d}": dict(dangles=d) for d in (0, 1, 3)},
+    "ViennaRNA noLP": dict(noLP=1),
+    **{f"ViennaRNA {p}": dict(params=p) for p in ("Turner1999", "Andronescu2007", "Langdon2018")},
+    "LinearPartition eterna": dict(engine="linearpartition", mode="eterna"),
+    "LinearPartition vienna": dict(engine="linearpartition", mode="vienna"),
+}
+
+
+def mfe_structures(seqs: list[str], setting: dict) -> list[str]:
+    """MFE structures of ``seqs`` under one folding setting (see ``FOLDING_SETTINGS``).
+
+    A ``params`` setting changes ViennaRNA's process-wide energy parameters, and in the pip build a
+    second ``params_load_RNA_*`` call in the same process is ignored (measured), so
+    ``structure_agreement`` folds each setting in a process of its own.
+    """
+    unknown = set(setting) - {"engine", "temperature", "dangles", "noLP", "params", "mode"}
+    if unknown:
+        raise ValueError(f"unknown folding setting key(s) {sorted(unknown)}")
+    if setting.get("engine", "vienna") == "linearpartition":
+        import linearpartition
+        return [linearpartition.partition(s, mode=setting.get("mode", "eterna"))["structure"] for s in seqs]
+    if setting.get("engine", "vienna") != "vienna":
+        raise ValueError(f"unknown folding engine {setting['engine']!r} (vienna | linearpartition)")
+    import RNA
+    if "params" in setting:
+        load = getattr(RNA, f"params_load_RNA_{setting['params']}", None)
+        if load is None:
+            raise ValueError(f"unknown ViennaRNA parameter set {setting['params']!r}")
+        load()
+    md = RNA.md()
+    for k in ("temperature", "dangles", "noLP"):
+        if k in setting:
+            setattr(md, k, setting[k])
+    return [RNA.fold_compound(s, md).mfe()[0] for s in seqs]
+
+
+def structure_agreement(seqs: list[str], structures: list[str], settings: dict[str, dict] | None = None,
+                        progress: bool = True) -> "pd.DataFrame":
+    """Base-pair distance between each setting's MFE structures and the given ``structures``.
+
+    One row per setting: mean and median base-pair distance, share of molecules reproduced exactly.
+    """
+    import pandas as pd
+    from concurrent.futures import ProcessPoolExecutor
+    settings = FOLDING_SETTINGS if settings is None else settings
+    rows = []
+    ctx = mp.get_context("spawn")
+    for name, setting in tqdm(settings.items(), desc="folding settings", disable=not progress):
+        with ProcessPoolExecutor(1, mp_context=ctx) as ex:   # a fresh process: see mfe_structures
+            mfe = ex.submit(mfe_structures, list(seqs), setting).result()
+        d = np.array([base_pair_distance(a, b) for a, b in zip(mfe, structures)])
+        rows.append(dict(setting=name, mean_bp_distance=d.mean(), median_bp_distance=float(np.median(d)),
+                         exact=float(np.mean(d == 0)), molecules=len(d)))
+    return pd.DataFrame(rows).set_index("setting")
