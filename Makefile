@@ -24,7 +24,7 @@ endif
 features:  ## fold every molecule (ViennaRNA, cached) and build all graphs, given + MFE structures
 	$(PYTHON) -m openvaccine features --mfe
 
-train:  ## train the members in MEMBERS (default: default; "default pseudo gatv2_pseudo50 edgegated_pseudo50" adds the best pseudo-labelled students) or one CONFIG
+train:  ## train the members in MEMBERS (default: default; "default pseudo gatv2_pseudo50 edgegated_pseudo50 pseudo50" adds the best pseudo-labelled students) or one CONFIG
 ifdef CONFIG
 	$(PYTHON) -m openvaccine train --config $(CONFIG)
 else
