@@ -295,11 +295,12 @@ def mfe_structures(seqs: list[str], setting: dict) -> list[str]:
     unknown = set(setting) - {"engine", "temperature", "dangles", "noLP", "params", "mode"}
     if unknown:
         raise ValueError(f"unknown folding setting key(s) {sorted(unknown)}")
-    if setting.get("engine", "vienna") == "linearpartition":
-        import linearpartition
-        return [linearpartition.partition(s, mode=setting.get("mode", "eterna"))["structure"] for s in seqs]
-    if setting.get("engine", "vienna") != "vienna":
-        raise ValueError(f"unknown folding engine {setting['engine']!r} (vienna | linearpartition)")
+    engine = setting.get("engine", "vienna")
+    if engine == "linearpartition":     # the pipeline's own fold: one MFE + bpp call per sequence
+        fp = FoldParams(engine=engine, mode=setting.get("mode", FoldParams.mode))
+        return [fold(s, fp).structure for s in seqs]
+    if engine != "vienna":
+        raise ValueError(f"unknown folding engine {engine!r} (vienna | linearpartition)")
     import RNA
     if "params" in setting:
         load = getattr(RNA, f"params_load_RNA_{setting['params']}", None)
