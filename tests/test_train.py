@@ -229,9 +229,9 @@ def test_pseudo_labelled_run_uses_its_folds_teacher(trained, tiny_cfg, test_rows
     seen = {}
     real = T.train_fold
 
-    def spy(cfg, tr, va, fold, device, progress=True, pseudo_g=None):
+    def spy(cfg, tr, va, fold, device, progress=True, pseudo_g=None, init_state=None):
         seen.update(tr=tr, pseudo=pseudo_g)
-        return real(cfg, tr, va, fold, device, progress, pseudo_g=pseudo_g)
+        return real(cfg, tr, va, fold, device, progress, pseudo_g=pseudo_g, init_state=init_state)
     monkeypatch.setattr(T, "train_fold", spy)
     cfg = apply_overrides(json.loads(json.dumps(tiny_cfg)),
                           ["train.only_folds=[0]", f"train.pseudo_from=[{teacher}]", "train.pseudo_weight=0.5",

@@ -30,6 +30,7 @@ from .config import ROOT, atomic_path, fingerprint
 from .data import data_fingerprint, load_test, load_train
 from .graphs import NUM_EDGE_FEATURES, NUM_NODE_FEATURES, build_graphs, feature_key, graph_params, tta_structures
 from .models import build_model
+from .pretrain import cached_encoder, load_encoder, pretrain_key, pretrain_settings
 
 MODELS_DIR = Path(os.environ.get("OPENVACCINE_MODELS", ROOT / "models"))
 
@@ -169,6 +170,24 @@ def score_predictions(preds: list[np.ndarray], graphs) -> tuple[float, np.ndarra
 
 
 # ---------------------------------------------------------------- training
+def optimiser(params, lr: float, weight_decay: float, total_steps: int):
+    """AdamW with a one-cycle cosine learning-rate schedule (10 % warm-up) over ``total_steps``."""
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(1, total_steps),
+                                                pct_start=0.1, anneal_strategy="cos")
+    return opt, sched
+
+
+def optimiser_step(loss: torch.Tensor, params: list, opt, sched, scaler) -> None:
+    """Backward pass (loss-scaled under AMP), gradient norm clipped at 1, optimiser and schedule step."""
+    scaler.scale(loss).backward()
+    scaler.unscale_(opt)
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    scaler.step(opt)
+    scaler.update()
+    sched.step()
+
+
 def fingerprints(cfg: dict, df: pd.DataFrame) -> dict:
     """Fingerprints of what shapes a fold's model: the config (less its name and ``train.only_folds``,
     so a fold-0 trial resumes into the full run), the training data and the features."""
@@ -194,13 +213,15 @@ def as_variants(graphs) -> list[list]:
     return graphs if graphs and isinstance(graphs[0], list) else [graphs]
 
 
-def train_fold(cfg: dict, train_g, val_g, fold: int, device, progress: bool = True, pseudo_g=None):
+def train_fold(cfg: dict, train_g, val_g, fold: int, device, progress: bool = True, pseudo_g=None,
+               init_state: dict | None = None):
     """Train one fold; returns (best_state_dict, best_score, history).
 
     ``train_g`` is a list of graphs, or a list of variants (lists of graphs of the same molecules
     on different structures, the given one first) for structure augmentation. ``pseudo_g``
     (same forms): pseudo-labelled molecules, of which a random ``train.pseudo_frac`` joins every
-    epoch; both kinds then carry their loss weight in ``loss_w``.
+    epoch; both kinds then carry their loss weight in ``loss_w``. ``init_state``: a pretrained
+    encoder (:mod:`.pretrain`) to start from instead of a random initialisation.
     """
     t = cfg["train"]
     set_seed(int(cfg.get("seed", 42)) + fold)
@@ -216,16 +237,18 @@ def train_fold(cfg: dict, train_g, val_g, fold: int, device, progress: bool = Tr
             pick = aug_rng.choice(len(pvariants[0]), n_p, replace=False)
             gs = gs + epoch_graphs([[pv[i] for i in pick] for pv in pvariants], aug_prob, aug_rng)
         return gs
-    model = build_model(cfg, NUM_NODE_FEATURES, NUM_EDGE_FEATURES).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=float(t["lr"]), weight_decay=float(t.get("weight_decay", 0)))
+    model = build_model(cfg, NUM_NODE_FEATURES, NUM_EDGE_FEATURES)
+    if init_state is not None:
+        load_encoder(model, init_state)
+    model = model.to(device)
+    params = list(model.parameters())
     gen = torch.Generator().manual_seed(int(cfg.get("seed", 42)) + fold)
     bs = int(t["batch_size"])
     loader = DataLoader(variants[0], batch_size=bs, shuffle=True, generator=gen)
     epochs = int(t["epochs"])
     per_epoch = -(-(len(variants[0]) + n_p) // bs)
     steps = per_epoch if not t.get("max_steps") else min(per_epoch, int(t["max_steps"]))
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=float(t["lr"]), total_steps=max(1, epochs * steps),
-                                                pct_start=0.1, anneal_strategy="cos")
+    opt, sched = optimiser(params, float(t["lr"]), float(t.get("weight_decay", 0)), epochs * steps)
     amp = device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
     best, best_state, bad, hist = float("inf"), None, 0, []
@@ -244,12 +267,7 @@ def train_fold(cfg: dict, train_g, val_g, fold: int, device, progress: bool = Tr
             with torch.autocast(device.type, enabled=amp):
                 pred = model(batch)
             loss = weighted_mcrmse_loss(pred, batch, t)
-            scaler.scale(loss).backward()
-            scaler.unscale_(opt)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            scaler.step(opt)
-            scaler.update()
-            sched.step()
+            optimiser_step(loss, params, opt, sched, scaler)
             run_loss += loss.item()
             n += 1
             bar.set_postfix(loss=f"{run_loss / n:.4f}")
@@ -331,7 +349,9 @@ def train_run(cfg: dict, run_name: str | None = None, df: pd.DataFrame | None = 
     """Train (or resume) every fold of one config; returns the CV report.
 
     With ``train.pseudo_from`` (teacher runs), the unlabelled ``test_df`` (default: the
-    competition's test set) joins training with labels from the teachers' matching fold.
+    competition's test set) joins training with labels from the teachers' matching fold. With
+    ``train.pretrain``, every fold starts from an encoder pretrained (once, cached) on the inputs
+    of ``df`` and ``test_df`` by masked-base reconstruction.
     """
     t = cfg["train"]
     set_threads(t.get("threads"))
@@ -348,9 +368,14 @@ def train_run(cfg: dict, run_name: str | None = None, df: pd.DataFrame | None = 
     graphs = by_structure["given"]
     alt = [by_structure[v] for v in aug]
     teachers = list(t.get("pseudo_from") or [])
-    if teachers:                             # unlabelled test molecules, on the training structures
+    pretrain = pretrain_settings(cfg)
+    if teachers or pretrain:                 # unlabelled test molecules, on the training structures
         test_df = load_test() if test_df is None else test_df.reset_index(drop=True)
         test_by = {v: build_graphs(test_df, p, structure=v, progress=progress) for v in dict.fromkeys(["given"] + aug)}
+    encoder = None
+    if pretrain:
+        key = pretrain_key(cfg, fps["features"], [fps["data"], data_fingerprint(test_df)])
+        encoder = cached_encoder(cfg, [by_structure[v] + test_by[v] for v in test_by], key, out.parent, device, progress)
     k = int(t["folds"])
     # train.fold_seed (default: seed) lets runs with other model seeds share folds (pseudo-label teachers)
     folds = make_folds(df, k, int(t.get("fold_seed", cfg.get("seed", 42))), float(t.get("similarity", 0.8)))
@@ -383,8 +408,8 @@ def train_run(cfg: dict, run_name: str | None = None, df: pd.DataFrame | None = 
                 w_pseudo = float(t.get("pseudo_weight", 0.5)) * float(w_real.mean())
                 train_g = [with_loss_weight(gs, w_real) for gs in train_g]
                 pseudo_g = [pseudo_graphs(test_by[v], labels, test_df["seq_scored"], w_pseudo) for v in test_by]
-            state, score, hist = train_fold(cfg, train_g, [graphs[i] for i in va_idx],
-                                            f, device, progress, pseudo_g=pseudo_g)
+            state, score, hist = train_fold(cfg, train_g, [graphs[i] for i in va_idx], f, device, progress,
+                                            pseudo_g=pseudo_g, init_state=encoder and encoder["state_dict"])
             seconds = time.perf_counter() - t0
             model = build_model(cfg, NUM_NODE_FEATURES, NUM_EDGE_FEATURES).to(device)
             model.load_state_dict(state)
@@ -396,7 +421,7 @@ def train_run(cfg: dict, run_name: str | None = None, df: pd.DataFrame | None = 
                       seconds=seconds, device=str(device), n_train=len(tr_idx), n_val=len(va_idx),
                       oof_index=va_all, oof=[q.astype(np.float32) for q in preds],
                       oof_tta=[q.astype(np.float32) for q in preds_tta], tta=tta,
-                      teachers=teacher_fps, torch=torch.__version__)
+                      teachers=teacher_fps, pretrained=encoder and encoder["key"], torch=torch.__version__)
             save_atomic(ck, ck_path)
         for i, q, qt in zip(ck["oof_index"], ck["oof"], ck.get("oof_tta", ck["oof"])):
             oof[i], oof_tta[i] = q, qt

@@ -75,6 +75,15 @@ class DegradationGNN(nn.Module):
 
     def forward(self, data) -> Tensor:
         """Predictions for the base nodes of the batch, in node order: [num_bases, out_dim]."""
+        return self.head(self.encode(data))
+
+    @property
+    def out_features(self) -> int:
+        """Width of :meth:`encode`'s output (the head's input)."""
+        return self.head[-1].in_features
+
+    def encode(self, data) -> Tensor:
+        """Representations of the base nodes of the batch, in node order: [num_bases, out_features]."""
         h = self.embed(data.x[:, self.keep])
         e = self.edge_embed(data.edge_attr)
         for blk in self.blocks:
@@ -94,7 +103,7 @@ class DegradationGNN(nn.Module):
                 out, _ = self.gru(packed)
                 out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=dense.size(1))
                 hb = out[mask]
-        return self.head(hb)
+        return hb
 
 
 def build_model(cfg: dict, in_dim: int, edge_dim: int) -> DegradationGNN:
