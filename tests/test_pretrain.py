@@ -1,14 +1,12 @@
-import numpy as np
 import pandas as pd
 import pytest
 import torch
 from torch_geometric.loader import DataLoader
 
 from openvaccine.config import apply_overrides
-from openvaccine.graphs import build_graphs, graph_params
+from openvaccine.graphs import NUM_EDGE_FEATURES, NUM_NODE_FEATURES, build_graphs, graph_params
 from openvaccine.models import build_model
-from openvaccine.graphs import NUM_EDGE_FEATURES, NUM_NODE_FEATURES
-from openvaccine.pretrain import GROUPS, load_encoder, mask_bases, pretrain_encoder, pretrain_settings
+from openvaccine.pretrain import GROUPS, load_encoder, mask_bases, pretrain_encoder, pretrain_key, pretrain_settings
 
 
 def test_masked_bases_lose_their_features_and_keep_their_classes(train_rows):
@@ -78,3 +76,13 @@ def test_pretrained_run_pretrains_once_and_records_it(train_rows, test_rows, tin
         assert ck["pretrained"] == saved[0].stem
     train_run(cfg, run_name="pre2", df=df, models_dir=tmp_path, progress=False, test_df=test_df)
     assert len(calls) == 1                                       # the second run reuses the cached encoder
+
+
+def test_pretrain_key_follows_every_setting_pretraining_reads(tiny_cfg):
+    cfg = apply_overrides(tiny_cfg, ["train.pretrain.epochs=2", "train.max_steps=null"])
+    key = pretrain_key(cfg, "feat", ["d1", "d2"])
+    assert key == pretrain_key(apply_overrides(cfg, ["train.epochs=99", "train.lr=0.5"]), "feat", ["d1", "d2"])
+    for change in ["train.max_steps=3", "train.weight_decay=0.1", "train.aug_prob=0.0", "train.aug_structures=[]",
+                   "train.pretrain.mask_prob=0.4", "seed=1", "model.hidden=48"]:
+        assert pretrain_key(apply_overrides(cfg, [change]), "feat", ["d1", "d2"]) != key, change
+    assert pretrain_key(cfg, "feat2", ["d1", "d2"]) != key and pretrain_key(cfg, "feat", ["d1", "d3"]) != key

@@ -88,11 +88,16 @@ def encoder_state(model) -> dict:
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if not k.startswith("head.")}
 
 
+# the ``train`` settings :func:`pretrain_encoder` reads besides ``train.pretrain``
+PRETRAIN_TRAIN_KEYS = ("aug_structures", "aug_prob", "weight_decay", "max_steps")
+
+
 def pretrain_key(cfg: dict, feature_key: str, data_fps: list[str]) -> str:
-    """Fingerprint of what shapes a pretrained encoder."""
+    """Fingerprint of everything that shapes a pretrained encoder (a smoke run's ``train.max_steps``
+    included, so its encoder is never reused by a full run)."""
     t = cfg.get("train", {})
     return fingerprint(dict(model=cfg.get("model", {}), features=feature_key, pretrain=pretrain_settings(cfg),
-                            seed=cfg.get("seed", 42), aug=[t.get("aug_structures") or [], t.get("aug_prob", 0.5)],
+                            seed=cfg.get("seed", 42), train={k: t.get(k) for k in PRETRAIN_TRAIN_KEYS},
                             data=data_fps))
 
 
