@@ -50,7 +50,7 @@ def test_edge_features_change_the_output_only_for_edge_aware_layers(train_rows):
     b2.edge_attr = torch.zeros_like(b2.edge_attr)
     for conv, aware in (("edgegated", True), ("transformer", True), ("sage", False)):
         torch.manual_seed(0)
-        m = build_model(load_config("smoke", [f"model.conv={conv}", "model.gru_layers=0"]),
+        m = build_model(load_config("smoke", [f"model.conv={conv}", "model.gru_layers=0", "model.attn_layers=0"]),
                         NUM_NODE_FEATURES, NUM_EDGE_FEATURES).eval()
         changed = not torch.allclose(m(b), m(b2))
         assert changed == aware, conv
@@ -151,19 +151,24 @@ def test_fold_subset_run_is_reported_but_not_an_ensemble_member(trained, tiny_cf
     with pytest.raises(Exception, match="make train"):
         load_runs(models_dir=tmp_path)
     table = T.experiments_table(tmp_path)
-    assert "| part | transformer |" in table and f"{rep['cv_mcrmse']:.4f}" in table
+    m = cfg["model"]
+    assert f"| part | transformer | {m['gru_layers']} | {m.get('attn_layers', 0)} | " in table
+    assert f"{rep['cv_mcrmse']:.4f}" in table
+    (tmp_path / "part").rename(tmp_path / "part-v1")                 # a run moved aside keeps its new name
+    assert "| part-v1 | transformer |" in T.experiments_table(tmp_path)
 
 
 def test_packed_and_unpacked_rnn_paths_agree(train_rows):
-    """Equal-length batches skip packing; a batch with a shorter molecule is packed: same numbers."""
+    """Equal-length batches skip packing; a batch with a shorter molecule is packed: same numbers
+    (with the sequence attention too: padded bases are masked out of its keys)."""
     from torch_geometric.loader import DataLoader
     rows = [dict(r) for r in train_rows[:3]]
     short = dict(id="short", sequence=rows[0]["sequence"][:60], structure=None)
     graphs = build_graphs(pd.DataFrame(rows), progress=False, workers=1)
     g_short = build_graphs(pd.DataFrame([short]), progress=False, workers=1)
-    for rnn in ("gru", "lstm"):
+    for rnn, attn in (("gru", 0), ("lstm", 0), ("gru", 1)):
         torch.manual_seed(0)
-        m = build_model(load_config("smoke", [f"model.rnn={rnn}", "model.gru_layers=2"]),
+        m = build_model(load_config("smoke", [f"model.rnn={rnn}", "model.gru_layers=2", f"model.attn_layers={attn}"]),
                         NUM_NODE_FEATURES, NUM_EDGE_FEATURES).eval()
         equal = m(next(iter(DataLoader(graphs, batch_size=3))))
         mixed = m(next(iter(DataLoader(graphs + g_short, batch_size=4))))
@@ -268,3 +273,13 @@ def test_pseudo_labels_refuse_a_teacher_with_other_folds(trained, tiny_cfg, test
         with pytest.raises(RuntimeError, match=msg):
             T.train_run(cfg, run_name="student", df=df, models_dir=tmp_path, progress=False,
                         test_df=pd.DataFrame(test_rows))
+
+
+def test_options_added_later_leave_older_runs_fingerprints_alone(train_rows):
+    """A config that spells out ``model.attn_layers: 0`` is the one its runs were trained with."""
+    df = pd.DataFrame(train_rows[:5])
+    cfg = load_config("smoke", ["model.attn_layers=0"])
+    older = {k: v for k, v in cfg.items()}
+    older["model"] = {k: v for k, v in cfg["model"].items() if k != "attn_layers"}
+    assert T.fingerprints(cfg, df) == T.fingerprints(older, df)
+    assert T.fingerprints(load_config("smoke", ["model.attn_layers=1"]), df) != T.fingerprints(older, df)

@@ -188,12 +188,17 @@ def optimiser_step(loss: torch.Tensor, params: list, opt, sched, scaler) -> None
     sched.step()
 
 
+LATER_MODEL_OPTIONS_OFF = {"attn_layers": 0}
+
+
 def fingerprints(cfg: dict, df: pd.DataFrame) -> dict:
     """Fingerprints of what shapes a fold's model: the config (less its name and ``train.only_folds``,
     so a fold-0 trial resumes into the full run), the training data and the features."""
     p = graph_params(cfg)
     c = {k: v for k, v in cfg.items() if k != "name"}
     c["train"] = {k: v for k, v in c.get("train", {}).items() if k != "only_folds"}
+    # options added after runs were trained are left out at their "off" value, so those runs still match
+    c["model"] = {k: v for k, v in c.get("model", {}).items() if not (k in LATER_MODEL_OPTIONS_OFF and v == LATER_MODEL_OPTIONS_OFF[k])}
     return dict(config=fingerprint(c),
                 data=data_fingerprint(df), features=feature_key(p))
 
@@ -519,21 +524,23 @@ def benchmark(cfg: dict, n_graphs: int = 512) -> dict:
 
 
 def experiments_table(models_dir: Path | str | None = None) -> str:
-    """Markdown table of every run under ``models/`` (CV on SN_filter=1 rows, time per epoch)."""
+    """Markdown table of every run under ``models/`` (CV on SN_filter=1 rows, time per epoch), named by
+    its directory (a run moved aside, e.g. ``default-v2``, keeps its own name)."""
     rows = []
     for cvp in sorted(Path(models_dir or MODELS_DIR).glob("*/cv.json")):
         r = json.loads(cvp.read_text())
         m, t = r["config"]["model"], r["config"]["train"]
         folds = r["folds"]
-        rows.append("| {run} | {conv} | {gru} | {h}x{L} | {folds} | {ep} | {pl} | **{cv:.4f}** | {tta} | {re:.4f} | {mg:.4f} | {c50:.4f} | {spe:.1f} | {fs:.0f} | {dev} |".format(
-            run=r["run"], conv=m["conv"], gru=m.get("gru_layers", 0), h=m["hidden"], L=m["layers"],
+        rows.append("| {run} | {conv} | {gru} | {attn} | {h}x{L} | {folds} | {ep} | {pl} | **{cv:.4f}** | {tta} | {re:.4f} | {mg:.4f} | {c50:.4f} | {spe:.1f} | {fs:.0f} | {dev} |".format(
+            run=cvp.parent.name, conv=m["conv"], gru=m.get("gru_layers", 0), attn=m.get("attn_layers", 0),
+            h=m["hidden"], L=m["layers"],
             pl=", ".join(t.get("pseudo_from") or []),
             folds=",".join(str(f["fold"]) for f in folds), ep=t["epochs"], cv=r["cv_mcrmse"],
             tta=f"{r['cv_mcrmse_tta']:.4f}" if "cv_mcrmse_tta" in r else "",
             re=r["cv_rmse"]["reactivity"], mg=r["cv_rmse"]["deg_Mg_pH10"], c50=r["cv_rmse"]["deg_Mg_50C"],
             spe=float(np.mean([f["seconds_per_epoch"] for f in folds])), fs=float(np.mean([f["seconds"] for f in folds])),
             dev=folds[0]["device"]))
-    head = ("| run | conv | BiGRU layers | hidden x layers | folds | max epochs | pseudo-labels from | CV MCRMSE | "
+    head = ("| run | conv | BiGRU layers | attention layers | hidden x layers | folds | max epochs | pseudo-labels from | CV MCRMSE | "
             "CV with TTA | reactivity | deg_Mg_pH10 | deg_Mg_50C | s/epoch | s/fold | device |\n"
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     return head + "\n" + "\n".join(rows) + "\n"

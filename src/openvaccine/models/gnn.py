@@ -1,5 +1,6 @@
 """DegradationGNN: edge-aware message passing over the bracket-pair graph, then a BiGRU over
-sequence order, then a per-base head for the five targets.
+sequence order, optionally pair- and distance-biased self-attention over all bases
+(:class:`PairBiasedAttention`, ``model.attn_layers``), then a per-base head for the five targets.
 
 Each block is pre-norm residual: ``h = h + Dropout(GELU(conv(LayerNorm(h))))`` followed by a
 residual feed-forward ``h = h + Dropout(FFN(LayerNorm(h)))``. The convolution is chosen by name:
@@ -15,9 +16,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 from torch_geometric.nn import GATv2Conv, GINEConv, SAGEConv, TransformerConv
-from torch_geometric.utils import to_dense_batch
+from torch_geometric.utils import to_dense_adj, to_dense_batch
 
 from .edge_gated import EdgeGatedConv
+from .seq_attention import PairBiasedAttention
 
 CONVS = ("transformer", "gatv2", "gine", "edgegated", "sage")
 RNNS = {"gru": nn.GRU, "lstm": nn.LSTM}
@@ -57,7 +59,8 @@ class Block(nn.Module):
 class DegradationGNN(nn.Module):
     def __init__(self, in_dim: int, edge_dim: int, out_dim: int = 5, conv: str = "transformer",
                  hidden: int = 128, layers: int = 4, heads: int = 4, dropout: float = 0.1,
-                 gru_layers: int = 2, keep_features: list[int] | None = None, rnn: str = "gru"):
+                 gru_layers: int = 2, keep_features: list[int] | None = None, rnn: str = "gru",
+                 attn_layers: int = 0):
         super().__init__()
         keep = torch.as_tensor(keep_features if keep_features is not None else range(in_dim), dtype=torch.long)
         self.register_buffer("keep", keep, persistent=False)
@@ -71,6 +74,9 @@ class DegradationGNN(nn.Module):
         self.gru = (RNNS[rnn](hidden, hidden, num_layers=gru_layers, batch_first=True, bidirectional=True,
                               dropout=dropout if gru_layers > 1 else 0.0) if gru_layers else None)
         head_in = 2 * hidden if self.gru is not None else hidden
+        if attn_layers < 0:
+            raise ValueError(f"model.attn_layers must be >= 0, got {attn_layers}")
+        self.attn = nn.ModuleList(PairBiasedAttention(head_in, heads, edge_dim, dropout) for _ in range(attn_layers))
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(head_in, out_dim))
 
     def forward(self, data) -> Tensor:
@@ -91,19 +97,37 @@ class DegradationGNN(nn.Module):
         h = self.norm(h)
         is_base = data.is_base
         hb = h[is_base]
+        if self.gru is None and not len(self.attn):
+            return hb
+        batch = data.batch[is_base] if hasattr(data, "batch") and data.batch is not None \
+            else torch.zeros(hb.size(0), dtype=torch.long, device=hb.device)
+        dense, mask = to_dense_batch(hb, batch)               # bases are in sequence order per graph
         if self.gru is not None:
-            batch = data.batch[is_base] if hasattr(data, "batch") and data.batch is not None \
-                else torch.zeros(hb.size(0), dtype=torch.long, device=hb.device)
-            dense, mask = to_dense_batch(hb, batch)           # bases are in sequence order per graph
-            if bool(mask.all()):                               # equal lengths: no packing (same result, faster)
-                hb = self.gru(dense)[0].reshape(-1, self.gru.hidden_size * 2)
-            else:
-                lengths = mask.sum(1)
-                packed = nn.utils.rnn.pack_padded_sequence(dense, lengths.cpu(), batch_first=True, enforce_sorted=False)
-                out, _ = self.gru(packed)
-                out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=dense.size(1))
-                hb = out[mask]
-        return hb
+            dense = self._rnn(dense, mask)
+        if len(self.attn):
+            edges = dense_base_edges(data, batch, dense.size(1))
+            for layer in self.attn:
+                dense = layer(dense, mask, edges)
+        return dense[mask]
+
+    def _rnn(self, dense: Tensor, mask: Tensor) -> Tensor:
+        if bool(mask.all()):                                   # equal lengths: no packing (same result, faster)
+            return self.gru(dense)[0]
+        packed = nn.utils.rnn.pack_padded_sequence(dense, mask.sum(1).cpu(), batch_first=True, enforce_sorted=False)
+        out, _ = nn.utils.rnn.pad_packed_sequence(self.gru(packed)[0], batch_first=True, total_length=dense.size(1))
+        return out
+
+
+def dense_base_edges(data, base_batch: Tensor, n: int) -> Tensor:
+    """Edge features between the bases of each molecule as a dense [B, n, n, F] tensor (zero where no
+    edge; codon nodes and their edges left out), indexed by position within the molecule."""
+    is_base = data.is_base
+    base_index = torch.cumsum(is_base.long(), 0) - 1                 # node -> index among the bases
+    src, dst = data.edge_index
+    keep = is_base[src] & is_base[dst]
+    idx = torch.stack([base_index[src[keep]], base_index[dst[keep]]])
+    return to_dense_adj(idx, base_batch, data.edge_attr[keep], max_num_nodes=n,
+                        batch_size=int(base_batch.max()) + 1 if base_batch.numel() else 1)
 
 
 def build_model(cfg: dict, in_dim: int, edge_dim: int) -> DegradationGNN:
@@ -118,4 +142,4 @@ def build_model(cfg: dict, in_dim: int, edge_dim: int) -> DegradationGNN:
     return DegradationGNN(in_dim, edge_dim, conv=m.get("conv", "transformer"), hidden=int(m.get("hidden", 128)),
                           layers=int(m.get("layers", 4)), heads=int(m.get("heads", 4)),
                           dropout=float(m.get("dropout", 0.1)), gru_layers=int(m.get("gru_layers", 2)), keep_features=keep,
-                          rnn=m.get("rnn", "gru"))
+                          rnn=m.get("rnn", "gru"), attn_layers=int(m.get("attn_layers", 0)))
