@@ -283,3 +283,14 @@ def test_options_added_later_leave_older_runs_fingerprints_alone(train_rows):
     older["model"] = {k: v for k, v in cfg["model"].items() if k != "attn_layers"}
     assert T.fingerprints(cfg, df) == T.fingerprints(older, df)
     assert T.fingerprints(load_config("smoke", ["model.attn_layers=1"]), df) != T.fingerprints(older, df)
+
+
+def test_prediction_batches_keep_order_and_bound_the_attention_grid():
+    from types import SimpleNamespace
+    gs = [SimpleNamespace(seq_len=torch.tensor([n]), k=k) for k, n in enumerate([107] * 70 + [2000, 130, 130, 5000, 107])]
+    chunks = T.size_batches(gs, batch_size=64)
+    assert [g.k for c in chunks for g in c] == list(range(len(gs)))      # every molecule once, in order
+    assert [len(c) for c in chunks] == [64, 6, 1, 2, 1, 1]
+    for c in chunks:
+        longest = max(int(g.seq_len) for g in c)
+        assert len(c) == 1 or len(c) * longest ** 2 <= 64 * 160 ** 2

@@ -22,6 +22,7 @@ import pandas as pd
 import torch
 from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import connected_components
+from torch_geometric.data import Batch
 from torch_geometric.loader import DataLoader
 from tqdm.auto import tqdm
 
@@ -135,14 +136,31 @@ def weighted_mcrmse_loss(pred, batch, tcfg: dict) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------- predict
+def size_batches(graphs, batch_size: int = 64, max_pairs: int = 64 * 160 ** 2) -> list[list]:
+    """Consecutive runs of ``graphs`` (order kept) of at most ``batch_size`` molecules whose padded
+    base-pair grid, molecules × longest², stays within ``max_pairs``: the sequence attention holds
+    [batch, n, n] tensors, so long user sequences go a few (or one) at a time. A single molecule
+    always forms a batch; competition-sized molecules (≤ 160 nt) keep full batches."""
+    out, cur, longest = [], [], 0
+    for g in graphs:
+        n = int(g.seq_len)
+        m = max(longest, n)
+        if cur and (len(cur) == batch_size or (len(cur) + 1) * m * m > max_pairs):
+            out.append(cur)
+            cur, m = [], n
+        cur.append(g)
+        longest = m
+    return out + ([cur] if cur else [])
+
+
 @torch.no_grad()
 def predict_graphs(model, graphs, batch_size: int = 64, device=None) -> list[np.ndarray]:
     """Per-molecule [length, 5] predictions, in the order of ``graphs``."""
     device = device or next(model.parameters()).device
     model.eval()
     out = []
-    for batch in DataLoader(graphs, batch_size=batch_size, shuffle=False):
-        batch = batch.to(device)
+    for chunk in size_batches(graphs, batch_size):
+        batch = Batch.from_data_list(chunk).to(device)
         with torch.autocast(device.type, enabled=device.type == "cuda"):
             p = model(batch).float().cpu().numpy()
         out.extend(np.split(p, np.cumsum(batch.seq_len.cpu().numpy())[:-1]))
