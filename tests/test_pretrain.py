@@ -86,3 +86,12 @@ def test_pretrain_key_follows_every_setting_pretraining_reads(tiny_cfg):
                    "train.pretrain.mask_prob=0.4", "seed=1", "model.hidden=48"]:
         assert pretrain_key(apply_overrides(cfg, [change]), "feat", ["d1", "d2"]) != key, change
     assert pretrain_key(cfg, "feat2", ["d1", "d2"]) != key and pretrain_key(cfg, "feat", ["d1", "d3"]) != key
+
+
+def test_pretrain_key_ignores_a_later_option_spelled_out_as_off(tiny_cfg):
+    """``model.attn_layers: 0`` is the model every encoder cached before the option existed had."""
+    cfg = apply_overrides(tiny_cfg, ["train.pretrain.epochs=2", "model.attn_layers=0"])
+    older = dict(cfg, model={k: v for k, v in cfg["model"].items() if k != "attn_layers"})
+    key = pretrain_key(cfg, "feat", ["d1"])
+    assert key == pretrain_key(older, "feat", ["d1"])
+    assert pretrain_key(apply_overrides(cfg, ["model.attn_layers=1"]), "feat", ["d1"]) != key

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from .config import fingerprint
 from .graphs import NODE_FEATURES, NUM_EDGE_FEATURES, NUM_NODE_FEATURES
-from .models import build_model
+from .models import build_model, model_signature
 
 PRETRAIN_DEFAULTS = dict(epochs=6, mask_prob=0.15, lr=0.001, batch_size=32)
 # the hidden groups a masked base is asked to recover: (first column, number of classes)
@@ -96,7 +96,7 @@ def pretrain_key(cfg: dict, feature_key: str, data_fps: list[str]) -> str:
     """Fingerprint of everything that shapes a pretrained encoder (a smoke run's ``train.max_steps``
     included, so its encoder is never reused by a full run)."""
     t = cfg.get("train", {})
-    return fingerprint(dict(model=cfg.get("model", {}), features=feature_key, pretrain=pretrain_settings(cfg),
+    return fingerprint(dict(model=model_signature(cfg.get("model", {})), features=feature_key, pretrain=pretrain_settings(cfg),
                             seed=cfg.get("seed", 42), train={k: t.get(k) for k in PRETRAIN_TRAIN_KEYS},
                             data=data_fps))
 

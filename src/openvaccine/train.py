@@ -30,7 +30,7 @@ from . import SCORED, SCORED_IDX, TARGETS
 from .config import ROOT, atomic_path, fingerprint
 from .data import data_fingerprint, load_test, load_train
 from .graphs import NUM_EDGE_FEATURES, NUM_NODE_FEATURES, build_graphs, feature_key, graph_params, tta_structures
-from .models import build_model
+from .models import build_model, model_signature
 from .pretrain import cached_encoder, load_encoder, pretrain_key, pretrain_settings
 
 MODELS_DIR = Path(os.environ.get("OPENVACCINE_MODELS", ROOT / "models"))
@@ -206,17 +206,13 @@ def optimiser_step(loss: torch.Tensor, params: list, opt, sched, scaler) -> None
     sched.step()
 
 
-LATER_MODEL_OPTIONS_OFF = {"attn_layers": 0}
-
-
 def fingerprints(cfg: dict, df: pd.DataFrame) -> dict:
     """Fingerprints of what shapes a fold's model: the config (less its name and ``train.only_folds``,
     so a fold-0 trial resumes into the full run), the training data and the features."""
     p = graph_params(cfg)
     c = {k: v for k, v in cfg.items() if k != "name"}
     c["train"] = {k: v for k, v in c.get("train", {}).items() if k != "only_folds"}
-    # options added after runs were trained are left out at their "off" value, so those runs still match
-    c["model"] = {k: v for k, v in c.get("model", {}).items() if not (k in LATER_MODEL_OPTIONS_OFF and v == LATER_MODEL_OPTIONS_OFF[k])}
+    c["model"] = model_signature(c.get("model", {}))
     return dict(config=fingerprint(c),
                 data=data_fingerprint(df), features=feature_key(p))
 

@@ -130,6 +130,17 @@ def dense_base_edges(data, base_batch: Tensor, n: int) -> Tensor:
                         batch_size=int(base_batch.max()) + 1 if base_batch.numel() else 1)
 
 
+# model options added after runs were trained, with the value that leaves the model as it was
+LATER_MODEL_OPTIONS_OFF = {"attn_layers": 0}
+
+
+def model_signature(model_cfg: dict) -> dict:
+    """The ``model`` section as fingerprints see it: options added later are left out at their "off"
+    value, so runs (and pretrained encoders) made before the option existed still match."""
+    return {k: v for k, v in model_cfg.items()
+            if not (k in LATER_MODEL_OPTIONS_OFF and v == LATER_MODEL_OPTIONS_OFF[k])}
+
+
 def build_model(cfg: dict, in_dim: int, edge_dim: int) -> DegradationGNN:
     """Model from the ``model`` section; ``model.exclude_features`` drops node features by name."""
     from ..graphs import NODE_FEATURES
