@@ -58,7 +58,7 @@ def test_dense_edges_index_bases_within_each_molecule(train_rows):
         graphs = build_graphs(rows, {"codon_nodes": codons}, progress=False, workers=1)
         b = next(iter(DataLoader(graphs, batch_size=2)))
         base_batch = b.batch[b.is_base]
-        dense = dense_base_edges(b, base_batch, 107)
+        dense = dense_base_edges(b, base_batch, 2, 107)
         assert dense.shape == (2, 107, 107, NUM_EDGE_FEATURES)
         fwd, pair = EDGE_FEATURES.index("fwd"), EDGE_FEATURES.index("pair")
         for k, row in enumerate(train_rows[:2]):

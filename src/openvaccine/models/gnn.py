@@ -105,7 +105,7 @@ class DegradationGNN(nn.Module):
         if self.gru is not None:
             dense = self._rnn(dense, mask)
         if len(self.attn):
-            edges = dense_base_edges(data, batch, dense.size(1))
+            edges = dense_base_edges(data, batch, *mask.shape)
             for layer in self.attn:
                 dense = layer(dense, mask, edges)
         return dense[mask]
@@ -118,16 +118,16 @@ class DegradationGNN(nn.Module):
         return out
 
 
-def dense_base_edges(data, base_batch: Tensor, n: int) -> Tensor:
-    """Edge features between the bases of each molecule as a dense [B, n, n, F] tensor (zero where no
-    edge; codon nodes and their edges left out), indexed by position within the molecule."""
+def dense_base_edges(data, base_batch: Tensor, num_graphs: int, n: int) -> Tensor:
+    """Edge features between the bases of each molecule as a dense [num_graphs, n, n, F] tensor (zero
+    where no edge; codon nodes and their edges left out), indexed by position within the molecule.
+    ``num_graphs`` and ``n`` are the shape of the padded base batch (``to_dense_batch``'s mask)."""
     is_base = data.is_base
     base_index = torch.cumsum(is_base.long(), 0) - 1                 # node -> index among the bases
     src, dst = data.edge_index
     keep = is_base[src] & is_base[dst]
     idx = torch.stack([base_index[src[keep]], base_index[dst[keep]]])
-    return to_dense_adj(idx, base_batch, data.edge_attr[keep], max_num_nodes=n,
-                        batch_size=int(base_batch.max()) + 1 if base_batch.numel() else 1)
+    return to_dense_adj(idx, base_batch, data.edge_attr[keep], max_num_nodes=n, batch_size=num_graphs)
 
 
 # model options added after runs were trained, with the value that leaves the model as it was
