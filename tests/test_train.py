@@ -10,6 +10,9 @@ from openvaccine.config import CONFIG_DIR, apply_overrides, load_config
 from openvaccine.graphs import NUM_EDGE_FEATURES, NUM_NODE_FEATURES, build_graphs
 from openvaccine.models import CONVS, build_model
 
+# runs predict on T.get_device(): under CUDA's fp16 autocast, a CPU recomputation agrees to ~1e-3 only
+PRED_ATOL = 2e-3 if torch.cuda.is_available() else 1e-5
+
 
 def test_config_inheritance_and_overrides():
     cfg = load_config("gine", ["model.hidden=64", "train.lr=0.01", "graph.codon_nodes=true"])
@@ -94,14 +97,14 @@ def test_run_outputs_and_checkpoint_round_trip(trained):
     graphs = build_graphs(df, graph_params(ck["config"]), progress=False)
     again = T.predict_graphs(model, [graphs[i] for i in ck["oof_index"]])
     for a, b in zip(again, ck["oof"]):
-        np.testing.assert_allclose(a, b, atol=1e-5)
+        np.testing.assert_allclose(a, b, atol=PRED_ATOL)
     # the TTA OOF (what the blend is fitted on) is the mean over the run's TTA structures
     p = graph_params(ck["config"])
     assert ck["tta"] == tta_structures(p) and "cv_mcrmse_tta" in cv and np.isfinite(cv["cv_mcrmse_tta"])
     per_v = [T.predict_graphs(model, [gs[i] for i in ck["oof_index"]])
              for gs in (build_graphs(df, p, structure=v, progress=False) for v in ck["tta"])]
     for k, b in enumerate(ck["oof_tta"]):
-        np.testing.assert_allclose(np.mean([v[k] for v in per_v], 0), b, atol=1e-5)
+        np.testing.assert_allclose(np.mean([v[k] for v in per_v], 0), b, atol=PRED_ATOL)
     i0 = int(ck["oof_index"][0])
     np.testing.assert_allclose(oof["pred_tta"][i0, :107], ck["oof_tta"][0], atol=1e-6)
 
@@ -255,7 +258,7 @@ def test_pseudo_labelled_run_uses_its_folds_teacher(trained, tiny_cfg, test_rows
     given = seen["pseudo"][0]                                   # variants: given structure first
     for h, y, r in zip(given, want, test_rows):
         sc = r["seq_scored"]
-        np.testing.assert_allclose(h.y[:sc].numpy(), y[:sc], atol=1e-5)
+        np.testing.assert_allclose(h.y[:sc].numpy(), y[:sc], atol=PRED_ATOL)
         assert int(h.score_mask.sum()) == sc
     real_w = np.array([float(g.loss_w) for g in seen["tr"][0]])     # real molecules keep their SN weight
     np.testing.assert_allclose(real_w, [0.5 * np.log(1.1 + float(g.sn)) for g in seen["tr"][0]], rtol=1e-5)

@@ -54,7 +54,8 @@ class PairBiasedAttention(nn.Module):
         """``x`` [B, N, D] padded bases, ``mask`` [B, N] real bases, ``edges`` [B, N, N, F]."""
         bsz, n, dim = x.shape
         q, k, v = self.qkv(self.norm1(x)).view(bsz, n, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4)
-        a = F.scaled_dot_product_attention(q, k, v, attn_mask=self.bias(edges, mask),
+        # under autocast q/k/v are half precision while the distance term keeps the bias in float32
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=self.bias(edges, mask).to(q.dtype),
                                            dropout_p=self.p if self.training else 0.0)
         x = x + self.drop(self.out(a.transpose(1, 2).reshape(bsz, n, dim)))
         return x + self.drop(self.ffn(self.norm2(x)))
