@@ -99,3 +99,26 @@ def test_mfe_structures_rejects_unknown_settings():
         mfe_structures(["GGGAAACCC"], dict(params="Turner1066"))
     with pytest.raises(ValueError, match="unknown folding engine 'nupack'"):
         mfe_structures(["GGGAAACCC"], dict(engine="nupack"))
+
+
+def test_boltzmann_samples_are_reproducible_valid_structures(train_rows, cache_dir, tmp_path, monkeypatch):
+    from openvaccine.data import pair_table
+    seqs = [r["sequence"] for r in train_rows[:3]]
+    a = folding.sample_structures(seqs[0])
+    assert len(a) == folding.SAMPLES and a == folding.sample_structures(seqs[0])      # same seed, same draw
+    for s in a:
+        assert len(s) == 107 and set(s) <= set("().")
+        pt = pair_table(s)                                     # nested, and only canonical or GU pairs
+        assert all({seqs[0][i], seqs[0][j]} in ({"G", "C"}, {"A", "U"}, {"G", "U"}) for i, j in enumerate(pt) if j > i)
+    draws = [folding.sample_structures(seqs[0], seed=s) for s in range(5)]
+    assert len({tuple(d) for d in draws}) > 1                  # the seed matters
+    # cached in worker processes = computed here, in any order; then read back without sampling again
+    par = folding.sampled_cached(seqs[::-1], cache_dir=cache_dir, workers=2, progress=False)
+    assert par[::-1] == [folding.sample_structures(s) for s in seqs]
+    monkeypatch.setattr(folding, "sample_structures", lambda *a, **k: pytest.fail("sampled again despite the cache"))
+    assert folding.sampled_cached(seqs, cache_dir=cache_dir, workers=1, progress=False) == par[::-1]
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="structure samples need the vienna engine"):
+        folding.sample_structures(seqs[0], FoldParams(engine="linearpartition"))
+    with pytest.raises(ValueError, match="above the global-folding limit 50"):
+        folding.sample_structures(seqs[0], FoldParams(window_above=50))

@@ -113,3 +113,20 @@ def test_second_engine_features_edges_and_structure(train_rows, cache_dir):
         build_graphs(df, {}, structure="mfe2", cache_dir=cache_dir, progress=False, workers=1)
     with pytest.raises(ValueError, match="not one of"):
         build_graphs(df, {}, structure="centroid", cache_dir=cache_dir, progress=False, workers=1)
+
+
+def test_sampled_structure_graphs(train_rows, cache_dir):
+    import pytest
+    from openvaccine.folding import loop_types, sample_structures
+    df = pd.DataFrame(train_rows[:3])
+    g = build_graphs(df, structure="sample2", cache_dir=cache_dir, progress=False, workers=1)
+    for x, r in zip(g, train_rows[:3]):
+        s = sample_structures(r["sequence"])[1]
+        assert x.structure == s
+        pairs = _edge_dict(x)
+        n_pair = sum(1 for a in pairs.values() if a[EDGE_TYPES.index("pair")] == 1)
+        assert n_pair == 2 * s.count("(")                  # its own pairs, both directions
+        hp = x.x[:, NODE_FEATURES.index("loop_H")].numpy()  # loop types annotated from the sample
+        assert np.array_equal(hp == 1, np.array([c == "H" for c in loop_types(s)]))
+    with pytest.raises(ValueError, match="'sample9' is not one of"):
+        build_graphs(df, structure="sample9", cache_dir=cache_dir, progress=False, workers=1)

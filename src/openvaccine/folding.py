@@ -9,6 +9,9 @@ Engines
 ``linearpartition``  LinearPartition (``mode='eterna'``: EternaFold-like parameters, or
                      ``'vienna'``), linear time.
 
+``sample_structures`` draws structures from ViennaRNA's Boltzmann ensemble (stochastic
+backtracking), reproducibly, for use as alternative training or test-time structures.
+
 ``structure_agreement`` measures how closely the MFE structures of other folding settings
 (temperatures, dangles, parameter sets, engines) reproduce a set of given structures.
 
@@ -157,48 +160,102 @@ def _load(path: Path) -> Fold:
     return Fold(int(z["n"]), z["i"], z["j"], z["p"], str(z["structure"]), float(z["energy"]), str(z["method"]))
 
 
+def _save_samples(path: Path, structures: list[str]) -> None:
+    with atomic_path(path) as tmp:
+        np.savez(tmp, structures=np.array(structures))
+
+
+def _load_samples(path: Path) -> list[str]:
+    return [str(x) for x in np.load(path)["structures"]]
+
+
 def _work(args):
-    seq, params, path = args
-    f = fold(seq, params)
-    _save(Path(path), f)
-    return f
+    kind, seq, params, extra, path = args
+    if kind == "fold":
+        out = fold(seq, params)
+        _save(Path(path), out)
+    else:
+        out = sample_structures(seq, params, *extra)
+        _save_samples(Path(path), out)
+    return out
 
 
-def fold_cached(seqs: Sequence[str], params: FoldParams = FoldParams(), workers: int | None = None,
-                cache_dir: Path | str | None = None, progress: bool = True) -> list[Fold]:
-    """Fold many sequences in worker processes, reading/writing the on-disk cache."""
+def _cached_map(kind: str, seqs: Sequence[str], params: FoldParams, extra: tuple, key: str, load,
+                workers: int | None, cache_dir: Path | str | None, progress: bool) -> list:
+    """``_work(kind, ...)`` for every distinct uncached sequence, in worker processes; the rest from
+    the on-disk cache under ``cache/folding/<key>/``."""
     cache_dir = Path(cache_dir) if cache_dir is not None else CACHE_DIR
-    key = params.key()
     paths = [_cache_file(s, key, cache_dir) for s in seqs]
-    out: list[Fold | None] = [None] * len(seqs)
+    out: list = [None] * len(seqs)
     todo: dict[str, list[int]] = {}
     for k, (s, p) in enumerate(zip(seqs, paths)):
         if p.is_file():
-            out[k] = _load(p)
+            out[k] = load(p)
         else:
             todo.setdefault(s, []).append(k)
     if todo:
-        jobs = [(s, params, str(paths[idx[0]])) for s, idx in todo.items()]
+        jobs = [(kind, s, params, extra, str(paths[idx[0]])) for s, idx in todo.items()]
         workers = workers or os.cpu_count() or 1
-        bar = tqdm(total=len(jobs), desc=f"folding ({params.engine})", disable=not progress, unit="seq")
+        desc = f"folding ({params.engine})" if kind == "fold" else f"sampling structures ({params.engine})"
+        bar = tqdm(total=len(jobs), desc=desc, disable=not progress, unit="seq")
         if workers > 1 and len(jobs) > 1:
             with mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn").Pool(min(workers, len(jobs))) as pool:
-                results = pool.imap(_work, jobs, chunksize=4)
-                for (s, _, _), f in zip(jobs, results):
-                    for k in todo[s]:
+                for job, f in zip(jobs, pool.imap(_work, jobs, chunksize=4)):
+                    for k in todo[job[1]]:
                         out[k] = f
                     bar.update()
         else:
             for job in jobs:
                 f = _work(job)
-                for k in todo[job[0]]:
+                for k in todo[job[1]]:
                     out[k] = f
                 bar.update()
         bar.close()
-    return out  # type: ignore[return-value]
+    return out
 
 
-# ---------------------------------------------------------------- loop types
+def fold_cached(seqs: Sequence[str], params: FoldParams = FoldParams(), workers: int | None = None,
+                cache_dir: Path | str | None = None, progress: bool = True) -> list[Fold]:
+    """Fold many sequences in worker processes, reading/writing the on-disk cache."""
+    return _cached_map("fold", seqs, params, (), params.key(), _load, workers, cache_dir, progress)
+
+
+# ---------------------------------------------------------------- Boltzmann samples
+SAMPLES = 4   # structures drawn per sequence (graphs use them as structures "sample1".."sample4")
+
+
+def sample_structures(seq: str, params: FoldParams = FoldParams(), k: int = SAMPLES, seed: int = 0) -> list[str]:
+    """``k`` structures drawn from ViennaRNA's Boltzmann ensemble of ``seq`` (stochastic
+    backtracking through the partition function), each drawn with its Boltzmann probability.
+
+    Reproducible: the generator is seeded from ``seed`` and the sequence, so a sequence gets the same
+    samples in any process and order. Global folding only (up to ``params.window_above`` nt).
+    """
+    import zlib
+
+    import RNA
+    if params.engine != "vienna":
+        raise ValueError(f"structure samples need the vienna engine, not {params.engine!r}")
+    if len(seq) > params.window_above:
+        raise ValueError(f"structure samples: {len(seq)} nt is above the global-folding limit {params.window_above}")
+    md = RNA.md()
+    md.temperature = params.temperature
+    md.uniq_ML = 1                     # stochastic backtracking needs the unique multiloop decomposition
+    fc = RNA.fold_compound(seq, md)
+    _, energy = fc.mfe()
+    fc.exp_params_rescale(energy)
+    fc.pf()
+    RNA.init_rand(zlib.crc32(f"{seed}:{seq}".encode()))
+    return list(fc.pbacktrack(k))
+
+
+def sampled_cached(seqs: Sequence[str], params: FoldParams = FoldParams(), seed: int = 0, workers: int | None = None,
+                   cache_dir: Path | str | None = None, progress: bool = True) -> list[list[str]]:
+    """``SAMPLES`` Boltzmann-sampled structures per sequence (``sample_structures``), cached."""
+    key = f"{params.key()}-samples{SAMPLES}-seed{seed}"
+    return _cached_map("samples", seqs, params, (SAMPLES, seed), key, _load_samples, workers, cache_dir, progress)
+
+
 def loop_types(structure: str) -> str:
     """bpRNA loop-type letters for a dot-bracket structure.
 

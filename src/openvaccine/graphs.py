@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from . import ERRORS, TARGETS
 from .config import atomic_path, fingerprint
 from .data import PAIR_OPEN, DataError, pair_table
-from .folding import CACHE_DIR, Fold, FoldParams, fold_cached, loop_types
+from .folding import CACHE_DIR, SAMPLES, Fold, FoldParams, fold_cached, loop_types, sampled_cached
 
 BASES = "ACGU"
 LOOPS = "EHBIMSX"
@@ -55,7 +55,7 @@ NUM_EDGE_FEATURES = len(EDGE_FEATURES)
 
 DEFAULT_GRAPH = dict(engine="vienna", temperature=37.0, mode="eterna", bpp_threshold=0.05,
                      codon_nodes=False, structure="given", engine2="none", mode2="eterna")
-STRUCTURES = ("given", "mfe", "mfe2")
+STRUCTURES = ("given", "mfe", "mfe2") + tuple(f"sample{i}" for i in range(1, SAMPLES + 1))
 
 
 def _onehot(idx: np.ndarray, k: int) -> np.ndarray:
@@ -235,7 +235,8 @@ def build_graphs(df: pd.DataFrame, params: dict | None = None, structure: str | 
 
     ``structure``: ``"given"`` uses each row's ``structure`` (folding what is missing), ``"mfe"``
     the main engine's MFE structure and ``"mfe2"`` the second engine's (test-time augmentation,
-    alternative training structures).
+    alternative training structures); ``"sample1"``…``"sample4"`` the i-th structure drawn from
+    ViennaRNA's Boltzmann ensemble (``folding.sample_structures``; alternative training structures).
     """
     p = graph_params({"graph": params or {}})
     if structure is not None:
@@ -255,13 +256,17 @@ def build_graphs(df: pd.DataFrame, params: dict | None = None, structure: str | 
     folds = fold_cached(seqs, fp, workers=workers, cache_dir=cache_dir, progress=progress)
     folds2 = (fold_cached(seqs, fp2, workers=workers, cache_dir=cache_dir, progress=progress) if fp2
               else [None] * len(seqs))
+    sampled = (sampled_cached(seqs, fp, workers=workers, cache_dir=cache_dir, progress=progress)
+               if p["structure"].startswith("sample") else [None] * len(seqs))
     out = []
-    for rec, f, f2 in tqdm(zip(df.to_dict("records"), folds, folds2), total=len(df), desc="graphs",
-                           disable=not progress, unit="mol"):
+    for rec, f, f2, smp in tqdm(zip(df.to_dict("records"), folds, folds2, sampled), total=len(df), desc="graphs",
+                                disable=not progress, unit="mol"):
         if p["structure"] == "mfe":
             s = f.structure
         elif p["structure"] == "mfe2":
             s = f2.structure
+        elif smp is not None:
+            s = smp[int(p["structure"][len("sample"):]) - 1]
         else:
             s = rec.get("structure") if isinstance(rec.get("structure"), str) and rec.get("structure") else f.structure
         out.append(molecule_graph(rec, f, structure=s, bpp_threshold=float(p["bpp_threshold"]),
