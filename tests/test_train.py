@@ -212,6 +212,17 @@ def test_augmented_run_trains_on_alternative_structures(train_rows, tiny_cfg, tm
     assert np.isfinite(rep["cv_mcrmse"])
 
 
+def test_codon_node_run_scores_bases_only(train_rows, tiny_cfg, tmp_path):
+    # codon nodes follow the bases in each graph: predictions and the CV report are per base
+    cfg = apply_overrides(json.loads(json.dumps(tiny_cfg)), ["graph.codon_nodes=true", "train.epochs=1",
+                                                             "train.only_folds=[0]"])
+    rep = T.train_run(cfg, run_name="codon", df=pd.DataFrame(train_rows), models_dir=tmp_path, progress=False)
+    assert np.isfinite(rep["cv_mcrmse"]) and len(rep["position_rmse"]) == 68
+    assert np.all(np.isfinite(rep["position_rmse"]))
+    ck = torch.load(tmp_path / "codon" / "fold0.pt", weights_only=False)
+    assert all(p.shape == (107, 5) for p in ck["oof"])
+
+
 def test_pseudo_graphs_carry_labels_mask_and_weight(test_rows):
     graphs = build_graphs(pd.DataFrame(test_rows), progress=False, workers=1)
     labels = [np.full((len(g.structure), 5), k, dtype=np.float32) for k, g in enumerate(graphs)]

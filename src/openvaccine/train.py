@@ -476,8 +476,8 @@ def cv_report(df, graphs, oof, folds, fold_reports, cfg, run, fps, oof_tta=None,
     cnt = np.zeros(L)
     for i in idx:
         g, p = graphs[i], oof[i]
-        m = g.score_mask.numpy()
-        pos_err[: m.sum()] += (p[m] - g.y[m].numpy()) ** 2
+        m = g.score_mask.numpy()[: len(p)]          # bases only: codon nodes (if any) follow them
+        pos_err[: m.sum()] += (p[m] - g.y.numpy()[: len(p)][m]) ** 2
         cnt[: m.sum()] += 1
     pos_rmse = np.sqrt(pos_err / np.maximum(cnt, 1)[:, None])[:, SCORED_IDX].mean(1)
     return dict(run=run, config=cfg, fingerprints=fps, cv_mcrmse=score,
