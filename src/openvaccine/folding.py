@@ -21,6 +21,7 @@ dropped, as in the competition's ``bpps`` files.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import multiprocessing as mp
 import os
@@ -169,21 +170,26 @@ def _load_samples(path: Path) -> list[str]:
     return [str(x) for x in np.load(path)["structures"]]
 
 
+def _kind(kind: str):
+    """(compute, save, load, progress label) of a cached job kind; looked up at call time, so a
+    patched ``fold`` / ``sample_structures`` is the one used."""
+    return {"fold": (fold, _save, _load, "folding"),
+            "samples": (sample_structures, _save_samples, _load_samples, "sampling structures")}[kind]
+
+
 def _work(args):
     kind, seq, params, extra, path = args
-    if kind == "fold":
-        out = fold(seq, params)
-        _save(Path(path), out)
-    else:
-        out = sample_structures(seq, params, *extra)
-        _save_samples(Path(path), out)
+    compute, save, _, _ = _kind(kind)
+    out = compute(seq, params, *extra)
+    save(Path(path), out)
     return out
 
 
-def _cached_map(kind: str, seqs: Sequence[str], params: FoldParams, extra: tuple, key: str, load,
+def _cached_map(kind: str, seqs: Sequence[str], params: FoldParams, extra: tuple, key: str,
                 workers: int | None, cache_dir: Path | str | None, progress: bool) -> list:
     """``_work(kind, ...)`` for every distinct uncached sequence, in worker processes; the rest from
     the on-disk cache under ``cache/folding/<key>/``."""
+    _, _, load, label = _kind(kind)
     cache_dir = Path(cache_dir) if cache_dir is not None else CACHE_DIR
     paths = [_cache_file(s, key, cache_dir) for s in seqs]
     out: list = [None] * len(seqs)
@@ -196,17 +202,11 @@ def _cached_map(kind: str, seqs: Sequence[str], params: FoldParams, extra: tuple
     if todo:
         jobs = [(kind, s, params, extra, str(paths[idx[0]])) for s, idx in todo.items()]
         workers = workers or os.cpu_count() or 1
-        desc = f"folding ({params.engine})" if kind == "fold" else f"sampling structures ({params.engine})"
-        bar = tqdm(total=len(jobs), desc=desc, disable=not progress, unit="seq")
-        if workers > 1 and len(jobs) > 1:
-            with mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn").Pool(min(workers, len(jobs))) as pool:
-                for job, f in zip(jobs, pool.imap(_work, jobs, chunksize=4)):
-                    for k in todo[job[1]]:
-                        out[k] = f
-                    bar.update()
-        else:
-            for job in jobs:
-                f = _work(job)
+        bar = tqdm(total=len(jobs), desc=f"{label} ({params.engine})", disable=not progress, unit="seq")
+        parallel = workers > 1 and len(jobs) > 1
+        ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+        with ctx.Pool(min(workers, len(jobs))) if parallel else contextlib.nullcontext() as pool:
+            for job, f in zip(jobs, pool.imap(_work, jobs, chunksize=4) if parallel else map(_work, jobs)):
                 for k in todo[job[1]]:
                     out[k] = f
                 bar.update()
@@ -217,7 +217,7 @@ def _cached_map(kind: str, seqs: Sequence[str], params: FoldParams, extra: tuple
 def fold_cached(seqs: Sequence[str], params: FoldParams = FoldParams(), workers: int | None = None,
                 cache_dir: Path | str | None = None, progress: bool = True) -> list[Fold]:
     """Fold many sequences in worker processes, reading/writing the on-disk cache."""
-    return _cached_map("fold", seqs, params, (), params.key(), _load, workers, cache_dir, progress)
+    return _cached_map("fold", seqs, params, (), params.key(), workers, cache_dir, progress)
 
 
 # ---------------------------------------------------------------- Boltzmann samples
@@ -253,7 +253,7 @@ def sampled_cached(seqs: Sequence[str], params: FoldParams = FoldParams(), seed:
                    cache_dir: Path | str | None = None, progress: bool = True) -> list[list[str]]:
     """``SAMPLES`` Boltzmann-sampled structures per sequence (``sample_structures``), cached."""
     key = f"{params.key()}-samples{SAMPLES}-seed{seed}"
-    return _cached_map("samples", seqs, params, (SAMPLES, seed), key, _load_samples, workers, cache_dir, progress)
+    return _cached_map("samples", seqs, params, (SAMPLES, seed), key, workers, cache_dir, progress)
 
 
 def loop_types(structure: str) -> str:

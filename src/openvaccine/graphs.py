@@ -256,8 +256,9 @@ def build_graphs(df: pd.DataFrame, params: dict | None = None, structure: str | 
     folds = fold_cached(seqs, fp, workers=workers, cache_dir=cache_dir, progress=progress)
     folds2 = (fold_cached(seqs, fp2, workers=workers, cache_dir=cache_dir, progress=progress) if fp2
               else [None] * len(seqs))
+    sample_i = int(p["structure"][len("sample"):]) - 1 if p["structure"].startswith("sample") else None
     sampled = (sampled_cached(seqs, fp, workers=workers, cache_dir=cache_dir, progress=progress)
-               if p["structure"].startswith("sample") else [None] * len(seqs))
+               if sample_i is not None else [None] * len(seqs))
     out = []
     for rec, f, f2, smp in tqdm(zip(df.to_dict("records"), folds, folds2, sampled), total=len(df), desc="graphs",
                                 disable=not progress, unit="mol"):
@@ -266,7 +267,7 @@ def build_graphs(df: pd.DataFrame, params: dict | None = None, structure: str | 
         elif p["structure"] == "mfe2":
             s = f2.structure
         elif smp is not None:
-            s = smp[int(p["structure"][len("sample"):]) - 1]
+            s = smp[sample_i]
         else:
             s = rec.get("structure") if isinstance(rec.get("structure"), str) and rec.get("structure") else f.structure
         out.append(molecule_graph(rec, f, structure=s, bpp_threshold=float(p["bpp_threshold"]),
