@@ -179,10 +179,16 @@ def tta_predict(models, graphs_by_structure: dict, device=None) -> list[np.ndarr
     return [a / n for a in total]
 
 
+def scored_rows(pred: np.ndarray, g) -> tuple[np.ndarray, np.ndarray]:
+    """A molecule's per-base prediction and target rows at its scored positions (codon nodes, which
+    follow the bases in the graph, are never scored)."""
+    m = g.score_mask.numpy()[: len(pred)]
+    return pred[m], g.y.numpy()[: len(pred)][m]
+
+
 def score_predictions(preds: list[np.ndarray], graphs) -> tuple[float, np.ndarray]:
     """MCRMSE (3 scored columns) and per-target RMSE (5), pooled over scored positions."""
-    P = np.concatenate([p[g.score_mask[: len(p)].numpy()] for p, g in zip(preds, graphs)])
-    Y = np.concatenate([g.y[g.score_mask].numpy() for g in graphs])
+    P, Y = (np.concatenate(x) for x in zip(*(scored_rows(p, g) for p, g in zip(preds, graphs))))
     per = np.sqrt(((P - Y) ** 2).mean(0))
     return mcrmse(P, Y), per
 
@@ -475,10 +481,9 @@ def cv_report(df, graphs, oof, folds, fold_reports, cfg, run, fps, oof_tta=None,
     pos_err = np.zeros((L, len(TARGETS)))
     cnt = np.zeros(L)
     for i in idx:
-        g, p = graphs[i], oof[i]
-        m = g.score_mask.numpy()[: len(p)]          # bases only: codon nodes (if any) follow them
-        pos_err[: m.sum()] += (p[m] - g.y.numpy()[: len(p)][m]) ** 2
-        cnt[: m.sum()] += 1
+        P, Y = scored_rows(oof[i], graphs[i])
+        pos_err[: len(P)] += (P - Y) ** 2
+        cnt[: len(P)] += 1
     pos_rmse = np.sqrt(pos_err / np.maximum(cnt, 1)[:, None])[:, SCORED_IDX].mean(1)
     return dict(run=run, config=cfg, fingerprints=fps, cv_mcrmse=score,
                 cv_rmse={c: float(v) for c, v in zip(TARGETS, per)}, n_scored_rows=len(idx),
