@@ -4,14 +4,9 @@ import pytest
 from openvaccine.config import CONFIG_DIR, load_config
 from openvaccine.graphs import NUM_EDGE_FEATURES, NUM_NODE_FEATURES
 from openvaccine.models import build_model
+from openvaccine.train import fold_settings
 
 CONFIGS = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
-
-
-def fold_key(cfg: dict) -> tuple:
-    """What decides a run's folds (train.make_folds' arguments besides the data)."""
-    t = cfg["train"]
-    return int(t["folds"]), int(t.get("fold_seed", cfg.get("seed", 42))), float(t.get("similarity", 0.8))
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -28,4 +23,4 @@ def test_student_teachers_are_shipped_with_the_same_folds(name):
     cfg = load_config(name)
     for teacher in cfg["train"]["pseudo_from"]:
         assert teacher in CONFIGS, f"{name}: teacher {teacher!r} has no config"
-        assert fold_key(load_config(teacher)) == fold_key(cfg), f"{name}: teacher {teacher!r} has other folds"
+        assert fold_settings(load_config(teacher)) == fold_settings(cfg), f"{name}: teacher {teacher!r} has other folds"

@@ -108,6 +108,14 @@ def make_folds(df: pd.DataFrame, k: int, seed: int, similarity: float) -> np.nda
     return np.array([fold_of[g] for g in groups])
 
 
+def fold_settings(cfg: dict) -> tuple[int, int, float]:
+    """What decides a run's folds besides the data: (``train.folds``, fold seed, ``train.similarity``).
+    ``train.fold_seed`` (default: ``seed``) lets runs with other model seeds share folds, as a
+    pseudo-label student must with its teachers."""
+    t = cfg["train"]
+    return int(t["folds"]), int(t.get("fold_seed", cfg.get("seed", 42))), float(t.get("similarity", 0.8))
+
+
 # ---------------------------------------------------------------- loss
 def molecule_weight(sn: torch.Tensor, tcfg: dict) -> torch.Tensor:
     """Loss weight of a labelled molecule from its signal_to_noise: ``0.5 log(1.1 + SN)`` or 1."""
@@ -401,9 +409,8 @@ def train_run(cfg: dict, run_name: str | None = None, df: pd.DataFrame | None = 
     if pretrain:
         key = pretrain_key(cfg, fps["features"], [fps["data"], data_fingerprint(test_df)])
         encoder = cached_encoder(cfg, [by_structure[v] + test_by[v] for v in test_by], key, out.parent, device, progress)
-    k = int(t["folds"])
-    # train.fold_seed (default: seed) lets runs with other model seeds share folds (pseudo-label teachers)
-    folds = make_folds(df, k, int(t.get("fold_seed", cfg.get("seed", 42))), float(t.get("similarity", 0.8)))
+    k, fold_seed, similarity = fold_settings(cfg)
+    folds = make_folds(df, k, fold_seed, similarity)
     sn = df["signal_to_noise"].to_numpy()
     good = df["SN_filter"].to_numpy() == 1
     usable = good | (sn >= float(t.get("min_sn", 1.0)))
