@@ -3,9 +3,9 @@ PYTHON ?= python
 export PYTHONPATH := $(CURDIR)/src:$(PYTHONPATH)
 CONFIG ?=
 # runs `make train` trains: the default alone on a CPU (~47 min on 2 cores); with a GPU also its
-# attention student pseudo_attn and that student's own student pseudo_attn2 (~3 + 12 + ~12 min on one
-# H100; CV 0.2541 -> 0.2459 -> blend 0.2439)
-MEMBERS ?= $(if $(filter 1,$(shell $(PYTHON) -c "import torch; print(int(torch.cuda.is_available()))" 2>/dev/null)),default pseudo_attn pseudo_attn2,default)
+# attention student pseudo_attn, that student's own student pseudo_attn2 and pseudo_attn3, labelled by
+# both (~3 + 12 + ~12 + ~12 min on one H100; CV 0.2541 -> 0.2459 -> blend 0.2439 -> blend 0.2426)
+MEMBERS ?= $(if $(filter 1,$(shell $(PYTHON) -c "import torch; print(int(torch.cuda.is_available()))" 2>/dev/null)),default pseudo_attn pseudo_attn2 pseudo_attn3,default)
 INPUT ?=
 OUT ?= predictions.csv
 
@@ -27,7 +27,7 @@ endif
 features:  ## fold every molecule (ViennaRNA, cached) and build all graphs, given + MFE structures
 	$(PYTHON) -m openvaccine features --mfe
 
-train:  ## train the members in MEMBERS (default: default, + pseudo_attn pseudo_attn2 when a GPU is present; "default pseudo gatv2_pseudo50 edgegated_pseudo50 pseudo50" adds the best pseudo-labelled students) or one CONFIG
+train:  ## train the members in MEMBERS (default: default, + pseudo_attn pseudo_attn2 pseudo_attn3 when a GPU is present; "default pseudo gatv2_pseudo50 edgegated_pseudo50 pseudo50" adds the best pseudo-labelled students) or one CONFIG
 ifdef CONFIG
 	$(PYTHON) -m openvaccine train --config $(CONFIG)
 else
