@@ -19,7 +19,8 @@ def test_config_builds_its_model(name):
 
 @pytest.mark.parametrize("name", [n for n in CONFIGS if load_config(n)["train"].get("pseudo_from")])
 def test_student_teachers_are_shipped_with_the_same_folds(name):
-    # a teacher with other folds is refused at run time, after its fold-0 labels; catch it here
+    # otherwise a teacher with other folds is refused only at run time, when the student reaches fold 0
+    # (after its features and any pretraining); catch it here
     cfg = load_config(name)
     for teacher in cfg["train"]["pseudo_from"]:
         assert teacher in CONFIGS, f"{name}: teacher {teacher!r} has no config"
