@@ -4,7 +4,7 @@ import pytest
 
 from openvaccine import TARGETS
 from openvaccine.data import DataError
-from openvaccine.predict import (blend, fit_blend, nested_blend, load_runs, make_submission, predict_file, read_sequences,
+from openvaccine.predict import (blend, blend_report, fit_blend, nested_blend, load_runs, make_submission, predict_file, read_sequences,
                                  submission_frame, validate_submission, write_submission)
 
 
@@ -161,3 +161,24 @@ def test_predict_short_and_long_sequences(trained, tmp_path):
                                per_base[per_base.id == "short"]["reactivity"][:10].mean(), atol=1e-4)
     assert len(list((tmp_path / "plots").glob("*.png"))) == 2
     assert len(summary) == 2 and load_runs(models_dir=d)[0].name == run
+
+
+def test_runs_of_different_cv_groupings_are_not_blended(trained, tmp_path):
+    # a random-fold run's OOF reads lower (near-duplicates in validation): blending it with grouped
+    # runs would hand it weight it has not earned, so submit refuses and names both runs
+    import json
+    import shutil
+    d, run, train_df = trained
+    for name, similarity in (("grouped", None), ("random", 1.0)):
+        shutil.copytree(d / run, tmp_path / name)
+        if similarity is not None:
+            cvp = tmp_path / name / "cv.json"
+            cv = json.loads(cvp.read_text())
+            cv["config"]["train"]["similarity"] = similarity
+            cvp.write_text(json.dumps(cv))
+    with pytest.raises(SystemExit, match=r"different CV groupings: grouped \(similarity 0.8\), random \(similarity 1\)"):
+        make_submission(out=tmp_path / "s.csv", models_dir=tmp_path, train=train_df)
+    assert not (tmp_path / "s.csv").exists()
+    shutil.copytree(tmp_path / "grouped", tmp_path / "grouped2")      # one protocol: blends as before
+    rep = blend_report(["grouped", "grouped2"], runs=load_runs(["grouped", "grouped2"], models_dir=tmp_path), df=train_df)
+    assert set(rep["weights"]) == {"grouped", "grouped2"}

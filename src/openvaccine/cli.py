@@ -79,8 +79,11 @@ def cmd_submit(args):
 
 
 def cmd_score(args):
-    from .predict import blend_report
-    print(json.dumps(blend_report(args.runs), indent=2))
+    from .predict import BlendError, NoModelsError, blend_report
+    try:
+        print(json.dumps(blend_report(args.runs), indent=2))
+    except (NoModelsError, BlendError) as e:
+        raise SystemExit(str(e))
 
 
 def cmd_predict(args):

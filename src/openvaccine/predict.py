@@ -26,7 +26,7 @@ from . import TARGETS
 from .config import ROOT, atomic_path
 from .data import DataError, load_sample_submission, load_test, load_train, normalise_sequence, pair_table
 from .graphs import build_graphs, graph_params, tta_structures
-from .train import MODELS_DIR, get_device, load_model, mcrmse, set_threads, tta_predict
+from .train import MODELS_DIR, fold_settings, get_device, load_model, mcrmse, set_threads, tta_predict
 
 SUBMISSIONS_DIR = ROOT / "submissions"
 SUBMISSION_COLUMNS = ["id_seqpos"] + TARGETS
@@ -34,6 +34,10 @@ SUBMISSION_COLUMNS = ["id_seqpos"] + TARGETS
 
 class NoModelsError(RuntimeError):
     pass
+
+
+class BlendError(ValueError):
+    """Runs that cannot be blended together."""
 
 
 @dataclass
@@ -98,6 +102,19 @@ def _oof_matrix(run: Run, df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     return pred[rows], z["fold"][rows]
 
 
+def check_same_grouping(runs: list[Run]) -> None:
+    """Refuse to blend runs validated under different fold groupings (``train.similarity``). A looser
+    grouping lets near-duplicates of training molecules into validation, so its OOF reads lower and
+    the fitted weights would favour it for a reason the test set does not share. (Other fold counts
+    or seeds are fine: each run's OOF is honest for the models that predict the test set.)"""
+    grouping = {r.name: fold_settings(r.config)[2] for r in runs}
+    if len(set(grouping.values())) > 1:
+        listed = ", ".join(f"{n} (similarity {s:g})" for n, s in grouping.items())
+        raise BlendError(f"cannot blend runs validated under different CV groupings: {listed}. Their OOF "
+                         "errors are not comparable; blend runs of one grouping (--runs) or move the others "
+                         "out of models/")
+
+
 def fit_blend(oofs: list[np.ndarray], y: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Per-target weights [n_runs, 5] ≥ 0 summing to 1 that minimise the OOF RMSE of each target."""
     n = len(oofs)
@@ -140,6 +157,7 @@ def blend_report(names: list[str] | None = None, runs: list[Run] | None = None,
     """OOF MCRMSE (3 scored columns, SN_filter=1) of every run and of the fitted blend; with
     several runs also ``blend_mcrmse_nested``, the blend scored with weights fitted on other folds."""
     runs = runs or load_runs(names)
+    check_same_grouping(runs)
     df = load_train() if df is None else df
     good = (df["SN_filter"] == 1).to_numpy()
     df = df[good].reset_index(drop=True)
@@ -222,9 +240,9 @@ def make_submission(names: list[str] | None = None, out: str | Path | None = Non
     set_threads(None)
     try:
         runs = load_runs(names, models_dir)
-    except NoModelsError as e:
+        rep = blend_report(runs=runs, df=train)
+    except (NoModelsError, BlendError) as e:
         raise SystemExit(str(e))
-    rep = blend_report(runs=runs, df=train)
     print("OOF MCRMSE (SN_filter=1): " + ", ".join(f"{k} {v:.4f}" for k, v in rep["members"].items())
           + f" → blend {rep['blend_mcrmse']:.4f}"
           + (f" (weights fitted on other folds: {rep['blend_mcrmse_nested']:.4f})" if "blend_mcrmse_nested" in rep else ""))
@@ -313,7 +331,8 @@ def predict_file(inp: str | Path, out: str | Path, runs: list[str] | None = None
     df = read_sequences(inp)
     try:
         rs = load_runs(runs, models_dir)
-    except NoModelsError as e:
+        check_same_grouping(rs)                  # before folding: the blend weights need it
+    except (NoModelsError, BlendError) as e:
         raise SystemExit(str(e))
     # fold what is missing (cached); the method (global / local window) is reported per molecule
     folds = fold_cached(list(df["sequence"]), fold_params(rs[0].graph), progress=progress)
