@@ -1,3 +1,6 @@
+import json
+import shutil
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -166,8 +169,6 @@ def test_predict_short_and_long_sequences(trained, tmp_path):
 def test_runs_of_different_cv_groupings_are_not_blended(trained, tmp_path):
     # a random-fold run's OOF reads lower (near-duplicates in validation): blending it with grouped
     # runs would hand it weight it has not earned, so submit refuses and names both runs
-    import json
-    import shutil
     d, run, train_df = trained
     for name, similarity in (("grouped", None), ("random", 1.0)):
         shutil.copytree(d / run, tmp_path / name)
@@ -180,5 +181,5 @@ def test_runs_of_different_cv_groupings_are_not_blended(trained, tmp_path):
         make_submission(out=tmp_path / "s.csv", models_dir=tmp_path, train=train_df)
     assert not (tmp_path / "s.csv").exists()
     shutil.copytree(tmp_path / "grouped", tmp_path / "grouped2")      # one protocol: blends as before
-    rep = blend_report(["grouped", "grouped2"], runs=load_runs(["grouped", "grouped2"], models_dir=tmp_path), df=train_df)
+    rep = blend_report(runs=load_runs(["grouped", "grouped2"], models_dir=tmp_path), df=train_df)
     assert set(rep["weights"]) == {"grouped", "grouped2"}

@@ -79,11 +79,8 @@ def cmd_submit(args):
 
 
 def cmd_score(args):
-    from .predict import BlendError, NoModelsError, blend_report
-    try:
-        print(json.dumps(blend_report(args.runs), indent=2))
-    except (NoModelsError, BlendError) as e:
-        raise SystemExit(str(e))
+    from .predict import blend_report, blendable_runs
+    print(json.dumps(blend_report(runs=blendable_runs(args.runs)), indent=2))
 
 
 def cmd_predict(args):

@@ -115,6 +115,16 @@ def check_same_grouping(runs: list[Run]) -> None:
                          "out of models/")
 
 
+def blendable_runs(names: list[str] | None = None, models_dir: Path | str | None = None) -> list[Run]:
+    """``load_runs`` + ``check_same_grouping`` for the commands: what stops them exits with its message."""
+    try:
+        runs = load_runs(names, models_dir)
+        check_same_grouping(runs)
+    except (NoModelsError, BlendError) as e:
+        raise SystemExit(str(e))
+    return runs
+
+
 def fit_blend(oofs: list[np.ndarray], y: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Per-target weights [n_runs, 5] ≥ 0 summing to 1 that minimise the OOF RMSE of each target."""
     n = len(oofs)
@@ -238,11 +248,8 @@ def make_submission(names: list[str] | None = None, out: str | Path | None = Non
     """Blend every complete run, predict the test set and write a validated submission."""
     t0 = time.perf_counter()
     set_threads(None)
-    try:
-        runs = load_runs(names, models_dir)
-        rep = blend_report(runs=runs, df=train)
-    except (NoModelsError, BlendError) as e:
-        raise SystemExit(str(e))
+    runs = blendable_runs(names, models_dir)
+    rep = blend_report(runs=runs, df=train)
     print("OOF MCRMSE (SN_filter=1): " + ", ".join(f"{k} {v:.4f}" for k, v in rep["members"].items())
           + f" → blend {rep['blend_mcrmse']:.4f}"
           + (f" (weights fitted on other folds: {rep['blend_mcrmse_nested']:.4f})" if "blend_mcrmse_nested" in rep else ""))
@@ -329,11 +336,7 @@ def predict_file(inp: str | Path, out: str | Path, runs: list[str] | None = None
     t0 = time.perf_counter()
     set_threads(None)
     df = read_sequences(inp)
-    try:
-        rs = load_runs(runs, models_dir)
-        check_same_grouping(rs)                  # before folding: the blend weights need it
-    except (NoModelsError, BlendError) as e:
-        raise SystemExit(str(e))
+    rs = blendable_runs(runs, models_dir)        # before folding: the blend weights need one grouping
     # fold what is missing (cached); the method (global / local window) is reported per molecule
     folds = fold_cached(list(df["sequence"]), fold_params(rs[0].graph), progress=progress)
     df["structure_source"] = ["given" if isinstance(s, str) and s else "mfe" for s in df["structure"]]
