@@ -2,7 +2,7 @@
 PYTHON ?= python
 export PYTHONPATH := $(CURDIR)/src:$(PYTHONPATH)
 CONFIG ?=
-# runs `make train` trains: the default alone on a CPU (~45 min on 2 cores, CV 0.2460); with a GPU also its
+# runs `make train` trains: the default alone on a CPU (~41 min on 2 cores, CV 0.2437); with a GPU also its
 # attention student pseudo_attn, that student's own student pseudo_attn2 and pseudo_attn3, labelled by
 # both (~3 + 12 + ~12 + ~12 min on one H100; CV 0.2541 -> 0.2459 -> blend 0.2439 -> blend 0.2426,
 # measured with the v3 default, batches of 32, as the first teacher)

@@ -156,7 +156,8 @@ def test_fold_subset_run_is_reported_but_not_an_ensemble_member(trained, tiny_cf
     table = T.experiments_table(tmp_path)
     m = cfg["model"]
     assert f"| part | transformer | {m['gru_layers']} | {m.get('attn_layers', 0)} | " in table
-    assert f"| 0 | identity ≥ 0.8 | 1 | {cfg['train']['batch_size']} |" in table   # folds, CV grouping, epochs, batch
+    t = cfg["train"]                                                 # folds, CV grouping, epochs, batch, lr
+    assert f"| 0 | identity ≥ 0.8 | 1 | {t['batch_size']} | {float(t['lr']):g} |" in table
     assert f"{rep['cv_mcrmse']:.4f}" in table
     (tmp_path / "part").rename(tmp_path / "part-v1")                 # a run moved aside keeps its new name
     assert "| part-v1 | transformer |" in T.experiments_table(tmp_path)

@@ -558,17 +558,17 @@ def experiments_table(models_dir: Path | str | None = None) -> str:
         m, t = r["config"]["model"], r["config"]["train"]
         folds = r["folds"]
         similarity = fold_settings(r["config"])[2]
-        rows.append("| {run} | {conv} | {gru} | {attn} | {h}x{L} | {folds} | {groups} | {ep} | {bs} | {pl} | **{cv:.4f}** | {tta} | {re:.4f} | {mg:.4f} | {c50:.4f} | {spe:.1f} | {fs:.0f} | {dev} |".format(
+        rows.append("| {run} | {conv} | {gru} | {attn} | {h}x{L} | {folds} | {groups} | {ep} | {bs} | {lr:g} | {pl} | **{cv:.4f}** | {tta} | {re:.4f} | {mg:.4f} | {c50:.4f} | {spe:.1f} | {fs:.0f} | {dev} |".format(
             run=cvp.parent.name, conv=m["conv"], gru=m.get("gru_layers", 0), attn=m.get("attn_layers", 0),
             h=m["hidden"], L=m["layers"],
             pl=", ".join(t.get("pseudo_from") or []),
             folds=",".join(str(f["fold"]) for f in folds),
-            groups="random" if similarity >= 1.0 else f"identity ≥ {similarity:g}", ep=t["epochs"], bs=t["batch_size"], cv=r["cv_mcrmse"],
+            groups="random" if similarity >= 1.0 else f"identity ≥ {similarity:g}", ep=t["epochs"], bs=t["batch_size"], lr=float(t["lr"]), cv=r["cv_mcrmse"],
             tta=f"{r['cv_mcrmse_tta']:.4f}" if "cv_mcrmse_tta" in r else "",
             re=r["cv_rmse"]["reactivity"], mg=r["cv_rmse"]["deg_Mg_pH10"], c50=r["cv_rmse"]["deg_Mg_50C"],
             spe=float(np.mean([f["seconds_per_epoch"] for f in folds])), fs=float(np.mean([f["seconds"] for f in folds])),
             dev=folds[0]["device"]))
-    head = ("| run | conv | BiGRU layers | attention layers | hidden x layers | folds | CV groups | max epochs | batch | pseudo-labels from | CV MCRMSE | "
+    head = ("| run | conv | BiGRU layers | attention layers | hidden x layers | folds | CV groups | max epochs | batch | peak lr | pseudo-labels from | CV MCRMSE | "
             "CV with TTA | reactivity | deg_Mg_pH10 | deg_Mg_50C | s/epoch | s/fold | device |\n"
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     return head + "\n" + "\n".join(rows) + "\n"
