@@ -568,7 +568,8 @@ def experiments_table(models_dir: Path | str | None = None) -> str:
             re=r["cv_rmse"]["reactivity"], mg=r["cv_rmse"]["deg_Mg_pH10"], c50=r["cv_rmse"]["deg_Mg_50C"],
             spe=float(np.mean([f["seconds_per_epoch"] for f in folds])), fs=float(np.mean([f["seconds"] for f in folds])),
             dev=folds[0]["device"]))
-    head = ("| run | conv | BiGRU layers | attention layers | hidden x layers | folds | CV groups | max epochs | batch | peak lr | pseudo-labels from | CV MCRMSE | "
-            "CV with TTA | reactivity | deg_Mg_pH10 | deg_Mg_50C | s/epoch | s/fold | device |\n"
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    cols = ["run", "conv", "BiGRU layers", "attention layers", "hidden x layers", "folds", "CV groups", "max epochs",
+            "batch", "peak lr", "pseudo-labels from", "CV MCRMSE", "CV with TTA", "reactivity", "deg_Mg_pH10",
+            "deg_Mg_50C", "s/epoch", "s/fold", "device"]
+    head = "| " + " | ".join(cols) + " |\n|" + " --- |" * len(cols)       # the separator follows the columns
     return head + "\n" + "\n".join(rows) + "\n"
