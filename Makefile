@@ -29,7 +29,7 @@ endif
 features:  ## fold every molecule (ViennaRNA, cached) and build all graphs, given + MFE structures
 	$(PYTHON) -m openvaccine features --mfe
 
-train:  ## train the members in MEMBERS (default: default, + pseudo_attn pseudo_attn2 when a GPU is present; MEMBERS="default pseudo_attn pseudo_attn2" on a CPU trains the best blend, CV 0.2373, in ~3 h 50 min) or one CONFIG
+train:  ## train the members in MEMBERS (default: default, + pseudo_attn pseudo_attn2 when a GPU is present; MEMBERS="default pseudo_attn pseudo_attn2" on a CPU trains the best blend, CV 0.2373, in ~4 h 30 min) or one CONFIG
 ifdef CONFIG
 	$(PYTHON) -m openvaccine train --config $(CONFIG)
 else
