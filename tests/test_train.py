@@ -109,6 +109,24 @@ def test_run_outputs_and_checkpoint_round_trip(trained):
     np.testing.assert_allclose(oof["pred_tta"][i0, :107], ck["oof_tta"][0], atol=1e-6)
 
 
+def test_tta_predict_is_the_mean_over_models_and_structures_with_a_progress_bar(trained, capsys):
+    d, run, df = trained
+    from openvaccine.graphs import graph_params, tta_structures
+    cks = [torch.load(d / run / f"fold{k}.pt", weights_only=False) for k in (0, 1)]
+    models = [T.load_model(ck, torch.device("cpu")) for ck in cks]
+    p = graph_params(cks[0]["config"])
+    by = {v: build_graphs(df.head(3), p, structure=v, progress=False) for v in tta_structures(p)}
+    got = T.tta_predict(models, by, progress=True, desc="tiny passes")
+    n = len(models) * len(by)
+    err = capsys.readouterr().err
+    assert n >= 4 and "tiny passes: 100%" in err and f"{n}/{n}" in err
+    manual = [T.predict_graphs(m, gs) for gs in by.values() for m in models]
+    for k, g in enumerate(got):
+        np.testing.assert_allclose(g, np.mean([q[k] for q in manual], 0), atol=1e-6)
+    T.tta_predict(models, by)                          # quiet by default
+    assert "tiny passes" not in capsys.readouterr().err
+
+
 def test_resume_trains_only_unfinished_folds(trained, tiny_cfg, monkeypatch, tmp_path):
     d, run, df = trained
     import shutil

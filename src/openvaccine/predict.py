@@ -86,7 +86,8 @@ def run_predict(run: Run, df: pd.DataFrame, tta: bool = True, progress: bool = T
     device = get_device()
     variants = tta_structures(run.graph) if tta else ["given"]
     models = [load_model(ck, device) for ck in run.checkpoints]
-    return tta_predict(models, {v: build_graphs(df, run.graph, structure=v, progress=progress) for v in variants}, device)
+    graphs = {v: build_graphs(df, run.graph, structure=v, progress=progress) for v in variants}
+    return tta_predict(models, graphs, device, progress=progress, desc=f"{run.name}: folds × structures")
 
 
 # ---------------------------------------------------------------- blending

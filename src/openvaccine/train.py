@@ -175,16 +175,17 @@ def predict_graphs(model, graphs, batch_size: int = 64, device=None) -> list[np.
     return out
 
 
-def tta_predict(models, graphs_by_structure: dict, device=None) -> list[np.ndarray]:
+def tta_predict(models, graphs_by_structure: dict, device=None, progress: bool = False,
+                desc: str = "predict") -> list[np.ndarray]:
     """Mean prediction over ``models`` and structures (``{structure: graphs}``, same molecules in
-    the same order in every list): test-time augmentation."""
-    total, n = None, 0
-    for graphs in graphs_by_structure.values():
-        for m in models:
-            p = predict_graphs(m, graphs, device=device)
-            total = p if total is None else [a + b for a, b in zip(total, p)]
-            n += 1
-    return [a / n for a in total]
+    the same order in every list): test-time augmentation. ``progress``: a bar over the
+    model × structure passes."""
+    passes = [(graphs, m) for graphs in graphs_by_structure.values() for m in models]
+    total = None
+    for graphs, m in tqdm(passes, desc=desc, unit="pass", disable=not progress):
+        p = predict_graphs(m, graphs, device=device)
+        total = p if total is None else [a + b for a, b in zip(total, p)]
+    return [a / len(passes) for a in total]
 
 
 def scored_rows(pred: np.ndarray, g) -> tuple[np.ndarray, np.ndarray]:
