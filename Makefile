@@ -4,10 +4,11 @@ export PYTHONPATH := $(CURDIR)/src:$(PYTHONPATH)
 CONFIG ?=
 # runs `make train` trains: the default alone on a CPU (~41 min on 2 cores, CV 0.2437); with a GPU also the
 # default at width 192, wide (CV 0.2420), the default's attention student pseudo_attn (CV 0.2408), that
-# student's student pseudo_attn2 (CV 0.2399) and a third seed labelled by both at width 192,
-# pseudo_attn3_wide (CV 0.2382): blend of the five 0.2350, all measured on the CPU; on one H100
-# ~6 + ~9 + 2 × ~20 + ~28 min, estimated from the v3-era GPU runs at twice the steps (not timed there).
-MEMBERS ?= $(if $(filter 1,$(shell $(PYTHON) -c "import torch; print(int(torch.cuda.is_available()))" 2>/dev/null)),default wide pseudo_attn pseudo_attn2 pseudo_attn3_wide,default)
+# student's student pseudo_attn2 (CV 0.2399), a third seed labelled by both at width 192,
+# pseudo_attn3_wide (CV 0.2382), and wide without dropout, wide_drop0 (CV 0.2438): blend of the six 0.2343,
+# all measured on the CPU; on one H100 ~6 + ~9 + 2 × ~20 + ~28 + ~8 min, estimated from the v3-era GPU runs
+# at twice the steps (not timed there).
+MEMBERS ?= $(if $(filter 1,$(shell $(PYTHON) -c "import torch; print(int(torch.cuda.is_available()))" 2>/dev/null)),default wide pseudo_attn pseudo_attn2 pseudo_attn3_wide wide_drop0,default)
 INPUT ?=
 OUT ?= predictions.csv
 
@@ -29,7 +30,7 @@ endif
 features:  ## fold every molecule (ViennaRNA, cached) and build all graphs, given + MFE structures
 	$(PYTHON) -m openvaccine features --mfe
 
-train:  ## train the members in MEMBERS (default: default, + wide pseudo_attn pseudo_attn2 pseudo_attn3_wide when a GPU is present; on a CPU MEMBERS="default wide" blends to CV 0.2385 in ~1 h 50 min, MEMBERS="default wide pseudo_attn pseudo_attn2 pseudo_attn3_wide" to 0.2350 in ~9 h) or one CONFIG
+train:  ## train the members in MEMBERS (default: default, + wide pseudo_attn pseudo_attn2 pseudo_attn3_wide wide_drop0 when a GPU is present; on a CPU MEMBERS="default wide_drop0" blends to CV 0.2383 in ~1 h 41 min, MEMBERS="default wide wide_drop0" to 0.2367 in ~2 h 50 min, the GPU six to 0.2343 in ~10 h) or one CONFIG
 ifdef CONFIG
 	$(PYTHON) -m openvaccine train --config $(CONFIG)
 else

@@ -310,13 +310,51 @@ def test_pseudo_labels_refuse_a_teacher_with_other_folds(trained, tiny_cfg, test
 
 
 def test_options_added_later_leave_older_runs_fingerprints_alone(train_rows):
-    """A config that spells out ``model.attn_layers: 0`` is the one its runs were trained with."""
+    """A config that spells out ``model.attn_layers: 0`` (or ``train.ema: 0``) is the one its runs were trained with."""
     df = pd.DataFrame(train_rows[:5])
-    cfg = load_config("smoke", ["model.attn_layers=0"])
+    cfg = load_config("smoke", ["model.attn_layers=0", "train.ema=0"])
     older = {k: v for k, v in cfg.items()}
     older["model"] = {k: v for k, v in cfg["model"].items() if k != "attn_layers"}
+    older["train"] = {k: v for k, v in cfg["train"].items() if k != "ema"}
     assert T.fingerprints(cfg, df) == T.fingerprints(older, df)
-    assert T.fingerprints(load_config("smoke", ["model.attn_layers=1"]), df) != T.fingerprints(older, df)
+    assert T.fingerprints(load_config("smoke", ["model.attn_layers=1", "train.ema=0"]), df) != T.fingerprints(older, df)
+    assert T.fingerprints(load_config("smoke", ["model.attn_layers=0", "train.ema=0.99"]), df) != T.fingerprints(older, df)
+
+
+def test_weight_average_follows_its_formula_with_warm_up():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    avg = T.WeightAverage(model, 0.9)
+    assert not avg.model.training and not any(p.requires_grad for p in avg.model.parameters())
+    expect = model[0].weight.detach().clone()
+    for n in range(1, 41):
+        with torch.no_grad():
+            model[0].weight.add_(torch.randn(2, 3))
+        model(torch.randn(4, 3))                          # moves the batch-norm buffers
+        avg.update(model)
+        d = min(0.9, (1 + n) / (10 + n))                  # 0.18, 0.25, … then 0.9 from n = 80/9 on
+        expect = d * expect + (1 - d) * model[0].weight.detach()
+    torch.testing.assert_close(avg.model[0].weight, expect)
+    assert not torch.allclose(avg.model[0].weight, model[0].weight)       # an average, not a copy
+    assert avg.model[1].num_batches_tracked == model[1].num_batches_tracked == 40
+    with pytest.raises(ValueError, match="train.ema"):
+        T.WeightAverage(model, 1.0)
+
+
+def test_ema_training_validates_and_keeps_the_averaged_weights(train_rows, tiny_cfg):
+    graphs = build_graphs(pd.DataFrame(train_rows), progress=False, workers=1)
+    runs = {}
+    for ema in (0, 0.9):
+        cfg = apply_overrides(tiny_cfg, ["train.epochs=3", "train.max_steps=4", f"train.ema={ema}"])
+        runs[ema] = T.train_fold(cfg, graphs[:32], graphs[32:], 0, torch.device("cpu"), progress=False)
+    (plain, plain_best, plain_hist), (state, best, hist) = runs[0], runs[0.9]
+    assert best == min(h["val_mcrmse"] for h in hist)
+    assert [h["train_loss"] for h in hist] == [h["train_loss"] for h in plain_hist]   # same optimisation path
+    assert any(not torch.equal(state[k], plain[k]) for k in plain)                   # other weights kept
+    model = build_model(cfg, NUM_NODE_FEATURES, NUM_EDGE_FEATURES)
+    model.load_state_dict(state)                                                      # loadable as a plain model
+    score, _ = T.score_predictions(T.predict_graphs(model, graphs[32:]), graphs[32:])
+    assert score == pytest.approx(best, abs=1e-5)
 
 
 def test_prediction_batches_keep_order_and_bound_the_attention_grid():

@@ -221,12 +221,18 @@ def optimiser_step(loss: torch.Tensor, params: list, opt, sched, scaler) -> None
     sched.step()
 
 
+# ``train`` options added after runs were trained, at their "off" value (left out of fingerprints)
+LATER_TRAIN_OPTIONS_OFF = {"ema": 0}
+
+
 def fingerprints(cfg: dict, df: pd.DataFrame) -> dict:
     """Fingerprints of what shapes a fold's model: the config (less its name and ``train.only_folds``,
-    so a fold-0 trial resumes into the full run), the training data and the features."""
+    so a fold-0 trial resumes into the full run; ``train`` options added later are left out at
+    their "off" value), the training data and the features."""
     p = graph_params(cfg)
     c = {k: v for k, v in cfg.items() if k != "name"}
-    c["train"] = {k: v for k, v in c.get("train", {}).items() if k != "only_folds"}
+    c["train"] = {k: v for k, v in c.get("train", {}).items()
+                  if k != "only_folds" and not (k in LATER_TRAIN_OPTIONS_OFF and v == LATER_TRAIN_OPTIONS_OFF[k])}
     c["model"] = model_signature(c.get("model", {}))
     return dict(config=fingerprint(c),
                 data=data_fingerprint(df), features=feature_key(p))
@@ -247,6 +253,34 @@ def as_variants(graphs) -> list[list]:
     return graphs if graphs and isinstance(graphs[0], list) else [graphs]
 
 
+class WeightAverage:
+    r"""Exponential moving average of a model's weights, updated after every optimiser step:
+
+    .. math::
+        \bar\theta \leftarrow d_n \bar\theta + (1 - d_n)\,\theta, \qquad
+        d_n = \min\Big(d, \frac{1 + n}{10 + n}\Big)
+
+    at step :math:`n`; the warm-up :math:`d_n` keeps early averages from holding on to the random
+    initialisation. Buffers (non-float state) are copied. ``model`` is the averaged copy (eval mode).
+    """
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        if not 0 < decay < 1:
+            raise ValueError(f"train.ema: the decay must lie in (0, 1), got {decay}")
+        self.decay, self.n = float(decay), 0
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        self.n += 1
+        d = min(self.decay, (1 + self.n) / (10 + self.n))
+        for avg, cur in zip(self.model.state_dict().values(), model.state_dict().values()):
+            if avg.dtype.is_floating_point:
+                avg.lerp_(cur.detach(), 1 - d)
+            else:
+                avg.copy_(cur)
+
+
 def train_fold(cfg: dict, train_g, val_g, fold: int, device, progress: bool = True, pseudo_g=None,
                init_state: dict | None = None):
     """Train one fold; returns (best_state_dict, best_score, history).
@@ -255,7 +289,9 @@ def train_fold(cfg: dict, train_g, val_g, fold: int, device, progress: bool = Tr
     on different structures, the given one first) for structure augmentation. ``pseudo_g``
     (same forms): pseudo-labelled molecules, of which a random ``train.pseudo_frac`` joins every
     epoch; both kinds then carry their loss weight in ``loss_w``. ``init_state``: a pretrained
-    encoder (:mod:`.pretrain`) to start from instead of a random initialisation.
+    encoder (:mod:`.pretrain`) to start from instead of a random initialisation. With
+    ``train.ema`` (a decay, 0 = off) validation and the returned state use the weights' moving
+    average (:class:`WeightAverage`) instead of the last step's weights.
     """
     t = cfg["train"]
     set_seed(int(cfg.get("seed", 42)) + fold)
@@ -285,6 +321,8 @@ def train_fold(cfg: dict, train_g, val_g, fold: int, device, progress: bool = Tr
     opt, sched = optimiser(params, float(t["lr"]), float(t.get("weight_decay", 0)), epochs * steps)
     amp = device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    ema = WeightAverage(model, float(t["ema"])) if t.get("ema") else None
+    net = ema.model if ema else model                  # the weights validated and kept
     best, best_state, bad, hist = float("inf"), None, 0, []
     for ep in range(epochs):
         model.train()
@@ -302,11 +340,13 @@ def train_fold(cfg: dict, train_g, val_g, fold: int, device, progress: bool = Tr
                 pred = model(batch)
             loss = weighted_mcrmse_loss(pred, batch, t)
             optimiser_step(loss, params, opt, sched, scaler)
+            if ema:
+                ema.update(model)
             run_loss += loss.item()
             n += 1
             bar.set_postfix(loss=f"{run_loss / n:.4f}")
         train_time = time.perf_counter() - t0
-        val_pred = predict_graphs(model, val_g, device=device)
+        val_pred = predict_graphs(net, val_g, device=device)
         score, per = score_predictions(val_pred, val_g)
         hist.append(dict(epoch=ep + 1, train_loss=run_loss / max(n, 1), val_mcrmse=score,
                          val_rmse={c: float(v) for c, v in zip(TARGETS, per)}, seconds=train_time))
@@ -314,7 +354,7 @@ def train_fold(cfg: dict, train_g, val_g, fold: int, device, progress: bool = Tr
             tqdm.write(f"fold {fold} epoch {ep + 1}: loss {run_loss / max(n, 1):.4f}  val MCRMSE {score:.4f}  ({train_time:.1f} s)")
         if score < best - 1e-5:
             best, bad = score, 0
-            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            best_state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
         else:
             bad += 1
             if bad >= int(t.get("patience", 10)):
