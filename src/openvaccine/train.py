@@ -261,7 +261,8 @@ class WeightAverage:
         d_n = \min\Big(d, \frac{1 + n}{10 + n}\Big)
 
     at step :math:`n`; the warm-up :math:`d_n` keeps early averages from holding on to the random
-    initialisation. Buffers (non-float state) are copied. ``model`` is the averaged copy (eval mode).
+    initialisation. Float buffers (batch-norm statistics) are averaged too, integer ones (counters)
+    copied. ``model`` is the averaged copy (eval mode).
     """
 
     def __init__(self, model: torch.nn.Module, decay: float):
