@@ -30,7 +30,7 @@ endif
 features:  ## fold every molecule (ViennaRNA, cached) and build all graphs, given + MFE structures
 	$(PYTHON) -m openvaccine features --mfe
 
-train:  ## train the members in MEMBERS (default: default, + wide pseudo_attn pseudo_attn2 pseudo_attn3_wide wide_drop0 when a GPU is present; on a CPU MEMBERS="default wide_drop0" blends to CV 0.2383 in ~1 h 41 min, MEMBERS="default wide wide_drop0" to 0.2367 in ~2 h 50 min, the GPU six to 0.2343 in ~10 h) or one CONFIG
+train:  ## train the members in MEMBERS (default: default, + wide pseudo_attn pseudo_attn2 pseudo_attn3_wide wide_drop0 when a GPU is present; on a CPU MEMBERS="default wide_drop0" blends to CV 0.2383 in ~1 h 30 min of folds, MEMBERS="default wide wide_drop0" to 0.2367 in ~2 h 40 min, the GPU six to 0.2343 in ~10 h) or one CONFIG
 ifdef CONFIG
 	$(PYTHON) -m openvaccine train --config $(CONFIG)
 else
