@@ -73,6 +73,13 @@ def apply_overrides(cfg: dict, overrides: Iterable[str]) -> dict:
     return cfg
 
 
+def without_later_options(section: dict, off: dict) -> dict:
+    """A config section less the options added after runs were trained that sit at their "off"
+    value (``off``: option → that value), so fingerprints of runs made before the option existed
+    still match."""
+    return {k: v for k, v in section.items() if not (k in off and v == off[k])}
+
+
 def fingerprint(obj: Any, n: int = 12) -> str:
     """Stable short hash of any JSON-serialisable object."""
     blob = json.dumps(obj, sort_keys=True, default=str).encode()

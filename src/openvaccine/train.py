@@ -27,7 +27,7 @@ from torch_geometric.loader import DataLoader
 from tqdm.auto import tqdm
 
 from . import SCORED, SCORED_IDX, TARGETS
-from .config import ROOT, atomic_path, fingerprint
+from .config import ROOT, atomic_path, fingerprint, without_later_options
 from .data import data_fingerprint, load_test, load_train
 from .graphs import NUM_EDGE_FEATURES, NUM_NODE_FEATURES, build_graphs, feature_key, graph_params, tta_structures
 from .models import build_model, model_signature
@@ -231,8 +231,8 @@ def fingerprints(cfg: dict, df: pd.DataFrame) -> dict:
     their "off" value), the training data and the features."""
     p = graph_params(cfg)
     c = {k: v for k, v in cfg.items() if k != "name"}
-    c["train"] = {k: v for k, v in c.get("train", {}).items()
-                  if k != "only_folds" and not (k in LATER_TRAIN_OPTIONS_OFF and v == LATER_TRAIN_OPTIONS_OFF[k])}
+    c["train"] = without_later_options({k: v for k, v in c.get("train", {}).items() if k != "only_folds"},
+                                       LATER_TRAIN_OPTIONS_OFF)
     c["model"] = model_signature(c.get("model", {}))
     return dict(config=fingerprint(c),
                 data=data_fingerprint(df), features=feature_key(p))

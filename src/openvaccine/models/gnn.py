@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from torch_geometric.nn import GATv2Conv, GINEConv, SAGEConv, TransformerConv
 from torch_geometric.utils import to_dense_adj, to_dense_batch
 
+from ..config import without_later_options
 from .edge_gated import EdgeGatedConv
 from .seq_attention import PairBiasedAttention
 
@@ -137,8 +138,7 @@ LATER_MODEL_OPTIONS_OFF = {"attn_layers": 0}
 def model_signature(model_cfg: dict) -> dict:
     """The ``model`` section as fingerprints see it: options added later are left out at their "off"
     value, so runs (and pretrained encoders) made before the option existed still match."""
-    return {k: v for k, v in model_cfg.items()
-            if not (k in LATER_MODEL_OPTIONS_OFF and v == LATER_MODEL_OPTIONS_OFF[k])}
+    return without_later_options(model_cfg, LATER_MODEL_OPTIONS_OFF)
 
 
 def build_model(cfg: dict, in_dim: int, edge_dim: int) -> DegradationGNN:
