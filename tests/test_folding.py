@@ -122,3 +122,28 @@ def test_boltzmann_samples_are_reproducible_valid_structures(train_rows, cache_d
         folding.sample_structures(seqs[0], FoldParams(engine="linearpartition"))
     with pytest.raises(ValueError, match="above the global-folding limit 50"):
         folding.sample_structures(seqs[0], FoldParams(window_above=50))
+
+
+def test_other_parameter_sets_fold_in_processes_of_their_own(train_rows, cache_dir):
+    seqs = [r["sequence"] for r in train_rows[:3]]
+    default = [fold(s) for s in seqs]                # this process folds, with the default set
+    andr = FoldParams(params="Andronescu2007")
+    assert andr.key() != FoldParams().key() and FoldParams(params="").key() == FoldParams().key()
+    other = fold_cached(seqs, andr, cache_dir=cache_dir, workers=1, progress=False)
+    # another energy model: another ensemble, though the same kind of output
+    assert any(a.energy != b.energy for a, b in zip(default, other))
+    assert not np.allclose(default[0].pair_prob(), other[0].pair_prob(), atol=1e-3)
+    assert all(f.n == 107 and np.all((f.p > 0) & (f.p <= 1)) for f in other)
+    # the two-worker run (own processes again) gives the same folds; then both come from the cache
+    again = fold_cached(seqs, andr, cache_dir=cache_dir / "other", workers=2, progress=False)
+    assert [f.energy for f in again] == [f.energy for f in other]
+    assert all(np.array_equal(a.p, b.p) for a, b in zip(again, other))
+    # this process has folded with the default set: loading another here would be silently ignored
+    with pytest.raises(RuntimeError, match="needs a process of its own"):
+        folding.use_params("Andronescu2007")
+    with pytest.raises(RuntimeError, match="fold other sets through fold_cached"):
+        fold(seqs[0], andr)
+    with pytest.raises(ValueError, match=r"graph.vienna_params: unknown ViennaRNA parameter set 'Turner1066'; known: \["):
+        folding.check_params("Turner1066", "graph.vienna_params")
+    with pytest.raises(ValueError, match="unknown ViennaRNA parameter set 'Turner1066'"):
+        fold_cached(seqs, FoldParams(params="Turner1066"), cache_dir=cache_dir, progress=False)

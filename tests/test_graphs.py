@@ -130,3 +130,40 @@ def test_sampled_structure_graphs(train_rows, cache_dir):
         assert np.array_equal(hp == 1, np.array([c == "H" for c in loop_types(s)]))
     with pytest.raises(ValueError, match="'sample9' is not one of"):
         build_graphs(df, structure="sample9", cache_dir=cache_dir, progress=False, workers=1)
+
+
+def test_further_vienna_parameter_sets_append_features(train_rows, cache_dir):
+    import pytest
+    from openvaccine.config import load_config
+    from openvaccine.folding import FoldParams, fold_cached
+    from openvaccine.graphs import (bpp_stats, edge_feature_names, feature_dims, feature_key, graph_params,
+                                    node_feature_names)
+    from openvaccine.models import build_model
+    df = pd.DataFrame(train_rows[:3])
+    p = {"engine2": "linearpartition", "vienna_params": ["Turner1999"]}
+    plain = build_graphs(df, {"engine2": "linearpartition"}, cache_dir=cache_dir, progress=False, workers=1)
+    more = build_graphs(df, p, cache_dir=cache_dir, progress=False, workers=1)
+    names, enames = node_feature_names(graph_params({"graph": p})), edge_feature_names(graph_params({"graph": p}))
+    assert names[len(NODE_FEATURES):] == ["bpp_Turner1999_sum", "bpp_Turner1999_max", "bpp_Turner1999_entropy"]
+    assert enames[len(EDGE_FEATURES):] == ["p_Turner1999_ij"]
+    folds = fold_cached(list(df.sequence), FoldParams(params="Turner1999"), cache_dir=cache_dir, progress=False)
+    for a, b, f in zip(plain, more, folds):
+        assert b.x.shape == (107, len(names)) and b.edge_attr.shape[1] == len(enames)
+        # the graph is the same, with the new set's opinion appended
+        assert torch.equal(a.x, b.x[:, :len(NODE_FEATURES)]) and torch.equal(a.edge_index, b.edge_index)
+        assert torch.equal(a.edge_attr, b.edge_attr[:, :len(EDGE_FEATURES)])
+        assert torch.allclose(b.x[:, len(NODE_FEATURES):], torch.from_numpy(np.stack(bpp_stats(f), 1)))
+        e, dense, col = _edge_dict(b), f.dense(), len(EDGE_FEATURES)
+        assert all(abs(float(v[col]) - (0.0 if abs(s - d) == 1 and v[:2].any() else dense[s, d])) < 1e-6
+                   for (s, d), v in e.items())
+        assert sum(float(v[col]) > 0 for v in e.values()) > 20
+    # no further sets = the graphs, caches and fingerprints of before the option existed
+    assert feature_key(graph_params({"graph": {"vienna_params": []}})) == feature_key(graph_params({}))
+    assert feature_key(graph_params({"graph": p})) != feature_key(graph_params({"graph": {"engine2": "linearpartition"}}))
+    cfg = load_config("smoke", ["graph.vienna_params=[Turner1999]", "model.exclude_features=[bpp_Turner1999_max]"])
+    assert feature_dims(cfg) == (len(NODE_FEATURES) + 3, len(EDGE_FEATURES) + 1)
+    model = build_model(cfg, *feature_dims(cfg)).eval()
+    from torch_geometric.data import Batch
+    assert model(Batch.from_data_list(more)).shape == (3 * 107, 5)
+    with pytest.raises(ValueError, match="graph.vienna_params: unknown ViennaRNA parameter set 'Turner2044'"):
+        build_graphs(df, {"vienna_params": ["Turner2044"]}, cache_dir=cache_dir, progress=False, workers=1)

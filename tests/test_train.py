@@ -310,15 +310,20 @@ def test_pseudo_labels_refuse_a_teacher_with_other_folds(trained, tiny_cfg, test
 
 
 def test_options_added_later_leave_older_runs_fingerprints_alone(train_rows):
-    """A config that spells out ``model.attn_layers: 0`` (or ``train.ema: 0``) is the one its runs were trained with."""
+    """A config that spells out ``model.attn_layers: 0`` (or ``train.ema: 0``, ``graph.vienna_params: []``)
+    is the one its runs were trained with."""
     df = pd.DataFrame(train_rows[:5])
-    cfg = load_config("smoke", ["model.attn_layers=0", "train.ema=0"])
+    cfg = load_config("smoke", ["model.attn_layers=0", "train.ema=0", "graph.vienna_params=[]"])
     older = {k: v for k, v in cfg.items()}
     older["model"] = {k: v for k, v in cfg["model"].items() if k != "attn_layers"}
     older["train"] = {k: v for k, v in cfg["train"].items() if k != "ema"}
+    older["graph"] = {k: v for k, v in cfg["graph"].items() if k != "vienna_params"}
     assert T.fingerprints(cfg, df) == T.fingerprints(older, df)
-    assert T.fingerprints(load_config("smoke", ["model.attn_layers=1", "train.ema=0"]), df) != T.fingerprints(older, df)
-    assert T.fingerprints(load_config("smoke", ["model.attn_layers=0", "train.ema=0.99"]), df) != T.fingerprints(older, df)
+    for change in (["model.attn_layers=1", "train.ema=0"], ["model.attn_layers=0", "train.ema=0.99"],
+                   ["graph.vienna_params=[Langdon2018]"]):
+        changed = T.fingerprints(load_config("smoke", change), df)
+        assert changed != T.fingerprints(older, df)
+    assert changed["features"] != T.fingerprints(older, df)["features"]       # the graphs differ too
 
 
 def test_weight_average_follows_its_formula_with_warm_up():

@@ -2,7 +2,8 @@
 
 Engines
 -------
-``vienna``           ViennaRNA partition function (default model, ``temperature`` °C). For
+``vienna``           ViennaRNA partition function (default model, ``temperature`` °C; ``params``
+                     names another energy parameter set, e.g. ``Andronescu2007``). For
                      sequences longer than ``window_above`` nt the cubic global fold is replaced
                      by local folding (RNAplfold, ``RNA.pfl_fold`` with ``window``/``span``) and an
                      MFE restricted to ``max_bp_span``.
@@ -24,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import multiprocessing as mp
+from concurrent.futures import ProcessPoolExecutor
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,11 +49,14 @@ class FoldParams:
     window_above: int = 1000          # vienna: local folding above this length
     window: int = 240                 # RNAplfold W
     span: int = 160                   # RNAplfold L, and max_bp_span of the long-sequence MFE
+    params: str = ""                  # vienna: energy parameter set (``RNA.params_load_RNA_<params>``; "" = Turner 2004)
 
     def key(self) -> str:
         import RNA
         if self.engine == "vienna":
             d = dict(e="vienna", v=RNA.__version__, t=self.temperature, wa=self.window_above, w=self.window, s=self.span)
+            if self.params:
+                d["p"] = self.params
         elif self.engine == "linearpartition":
             d = dict(e="linearpartition", m=self.mode)
         else:
@@ -93,8 +98,48 @@ def _sparse(mat: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return i.astype(np.int32), j.astype(np.int32), mat[i, j].astype(np.float32)
 
 
+# ViennaRNA's energy parameters are process-wide, and a set loaded after the first fold of a process
+# is silently ignored until the model details change (measured with the pip build 2.7.2). So each
+# parameter set other than the default is folded in fresh processes that load it before anything
+# else (``fold_cached`` does this), and a process that loaded one never folds with another.
+_LOADED_PARAMS = ""
+_FOLDED = False          # this process has folded with ViennaRNA (a later load would be ignored)
+
+
+def check_params(name: str, where: str = "params") -> None:
+    """Raise a ValueError naming ``where`` unless ``name`` is a parameter set ViennaRNA can load."""
+    import RNA
+    if not isinstance(name, str) or not name or not hasattr(RNA, f"params_load_RNA_{name}"):
+        known = sorted(k[len("params_load_RNA_"):] for k in dir(RNA) if k.startswith("params_load_RNA_"))
+        raise ValueError(f"{where}: unknown ViennaRNA parameter set {name!r}; known: {known}")
+
+
+def use_params(name: str) -> None:
+    """Load ViennaRNA parameter set ``name`` into this process (once, before any fold)."""
+    global _LOADED_PARAMS
+    import RNA
+    if name == _LOADED_PARAMS:
+        return
+    check_params(name)
+    if _LOADED_PARAMS or _FOLDED:
+        raise RuntimeError(f"ViennaRNA parameter set {name!r} needs a process of its own: this one has folded with "
+                           f"{_LOADED_PARAMS or 'the default set'!r}, and ViennaRNA would ignore the load")
+    getattr(RNA, f"params_load_RNA_{name}")()
+    _LOADED_PARAMS = name
+
+
+def _vienna_ready(fp: FoldParams) -> None:
+    """Check that this process folds with ``fp.params`` (see ``use_params``), and note that it folded."""
+    global _FOLDED
+    if fp.params != _LOADED_PARAMS:
+        raise RuntimeError(f"folding with ViennaRNA parameter set {fp.params or 'default'!r} in a process that has "
+                           f"{_LOADED_PARAMS or 'the default'!r}: fold other sets through fold_cached (processes of their own)")
+    _FOLDED = True
+
+
 def _fold_vienna(seq: str, fp: FoldParams) -> Fold:
     import RNA
+    _vienna_ready(fp)
     n = len(seq)
     md = RNA.md()
     md.temperature = fp.temperature
@@ -202,11 +247,24 @@ def _cached_map(kind: str, seqs: Sequence[str], params: FoldParams, extra: tuple
     if todo:
         jobs = [(kind, s, params, extra, str(paths[idx[0]])) for s, idx in todo.items()]
         workers = workers or os.cpu_count() or 1
-        bar = tqdm(total=len(jobs), desc=f"{label} ({params.engine})", disable=not progress, unit="seq")
-        parallel = workers > 1 and len(jobs) > 1
-        ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-        with ctx.Pool(min(workers, len(jobs))) if parallel else contextlib.nullcontext() as pool:
-            for job, f in zip(jobs, pool.imap(_work, jobs, chunksize=4) if parallel else map(_work, jobs)):
+        bar = tqdm(total=len(jobs), desc=f"{label} ({params.engine}{' ' + params.params if params.params else ''})",
+                   disable=not progress, unit="seq")
+        own = bool(params.params) and params.params != _LOADED_PARAMS   # another parameter set: fresh processes
+        if own:
+            check_params(params.params)
+            # spawned (never forked) processes that load the set first; a worker that dies raises
+            # BrokenProcessPool rather than being replaced (spawn needs an importable __main__)
+            pool = ProcessPoolExecutor(min(workers, len(jobs)), mp_context=mp.get_context("spawn"),
+                                       initializer=use_params, initargs=(params.params,))
+            results = pool.map(_work, jobs, chunksize=4)
+        elif workers > 1 and len(jobs) > 1:
+            ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+            pool = ctx.Pool(min(workers, len(jobs)))
+            results = pool.imap(_work, jobs, chunksize=4)
+        else:
+            pool, results = contextlib.nullcontext(), map(_work, jobs)
+        with pool:
+            for job, f in zip(jobs, results):
                 for k in todo[job[1]]:
                     out[k] = f
                 bar.update()
@@ -238,6 +296,7 @@ def sample_structures(seq: str, params: FoldParams = FoldParams(), k: int = SAMP
         raise ValueError(f"structure samples need the vienna engine, not {params.engine!r}")
     if len(seq) > params.window_above:
         raise ValueError(f"structure samples: {len(seq)} nt is above the global-folding limit {params.window_above}")
+    _vienna_ready(params)
     md = RNA.md()
     md.temperature = params.temperature
     md.uniq_ML = 1                     # stochastic backtracking needs the unique multiloop decomposition
@@ -345,8 +404,7 @@ FOLDING_SETTINGS: dict[str, dict] = {
 def mfe_structures(seqs: list[str], setting: dict) -> list[str]:
     """MFE structures of ``seqs`` under one folding setting (see ``FOLDING_SETTINGS``).
 
-    A ``params`` setting changes ViennaRNA's process-wide energy parameters, and in the pip build a
-    second ``params_load_RNA_*`` call in the same process is ignored (measured), so
+    A ``params`` setting changes ViennaRNA's process-wide energy parameters (see ``use_params``), so
     ``structure_agreement`` folds each setting in a process of its own.
     """
     unknown = set(setting) - {"engine", "temperature", "dangles", "noLP", "params", "mode"}
@@ -360,10 +418,8 @@ def mfe_structures(seqs: list[str], setting: dict) -> list[str]:
         raise ValueError(f"unknown folding engine {engine!r} (vienna | linearpartition)")
     import RNA
     if "params" in setting:
-        load = getattr(RNA, f"params_load_RNA_{setting['params']}", None)
-        if load is None:
-            raise ValueError(f"unknown ViennaRNA parameter set {setting['params']!r}")
-        load()
+        use_params(setting["params"])
+    _vienna_ready(FoldParams(params=setting.get("params", "")))
     md = RNA.md()
     for k in ("temperature", "dangles", "noLP"):
         if k in setting:
@@ -378,7 +434,6 @@ def structure_agreement(seqs: list[str], structures: list[str], settings: dict[s
     One row per setting: mean and median base-pair distance, share of molecules reproduced exactly.
     """
     import pandas as pd
-    from concurrent.futures import ProcessPoolExecutor
     settings = FOLDING_SETTINGS if settings is None else settings
     rows = []
     ctx = mp.get_context("spawn")

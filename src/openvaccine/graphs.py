@@ -17,6 +17,12 @@ parameters) gives a second opinion: its pairing probability, max bpp and entropy
 an alternative structure for training augmentation and test-time averaging. With
 ``engine2: none`` those features are zero.
 
+Further ViennaRNA energy parameter sets (``graph.vienna_params``, e.g. ``[Andronescu2007,
+Langdon2018, Turner1999]``; none by default) add more opinions of the same kind, each appended at the
+end: ``bpp_<set>_sum``, ``bpp_<set>_max``, ``bpp_<set>_entropy`` per base and ``p_<set>_ij`` on every
+edge between two bases that are not backbone neighbours (:func:`node_feature_names`,
+:func:`edge_feature_names`). They add no edges.
+
 Node features (see :data:`NODE_FEATURES`): base, structure symbol and loop type one-hots, pairing
 probability (bpp row sum), max bpp, unpaired probability, sum − max, base-pair entropy, pair type
 of the structure partner (GC/AU/GU), partner distance, absolute and relative position, codon flag.
@@ -27,6 +33,7 @@ Targets ``y`` (5 columns), ``score_mask`` (scored positions), per-base measureme
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -35,9 +42,9 @@ from torch_geometric.data import Data
 from tqdm.auto import tqdm
 
 from . import ERRORS, TARGETS
-from .config import atomic_path, fingerprint
+from .config import atomic_path, fingerprint, without_later_options
 from .data import PAIR_OPEN, DataError, pair_table
-from .folding import CACHE_DIR, SAMPLES, Fold, FoldParams, fold_cached, loop_types, sampled_cached
+from .folding import CACHE_DIR, SAMPLES, Fold, FoldParams, check_params, fold_cached, loop_types, sampled_cached
 
 BASES = "ACGU"
 LOOPS = "EHBIMSX"
@@ -54,7 +61,9 @@ NUM_NODE_FEATURES = len(NODE_FEATURES)
 NUM_EDGE_FEATURES = len(EDGE_FEATURES)
 
 DEFAULT_GRAPH = dict(engine="vienna", temperature=37.0, mode="eterna", bpp_threshold=0.05,
-                     codon_nodes=False, structure="given", engine2="none", mode2="eterna")
+                     codon_nodes=False, structure="given", engine2="none", mode2="eterna", vienna_params=[])
+# graph options added after runs were trained, with the value that leaves the graphs as they were
+LATER_GRAPH_OPTIONS_OFF = {"vienna_params": []}
 STRUCTURES = ("given", "mfe", "mfe2") + tuple(f"sample{i}" for i in range(1, SAMPLES + 1))
 
 
@@ -76,7 +85,8 @@ def bpp_stats(f: Fold) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return psum, pmax, ent.astype(np.float32)
 
 
-def node_features(seq: str, structure: str, loops: str, f: Fold, f2: Fold | None = None) -> np.ndarray:
+def node_features(seq: str, structure: str, loops: str, f: Fold, f2: Fold | None = None,
+                  extra: Sequence[Fold] = ()) -> np.ndarray:
     n = len(seq)
     base = _onehot(np.array([BASES.index(c) for c in seq]), 4)
     sym = np.array([0 if c in PAIR_OPEN else 2 if c in ".-:,_" else 1 for c in structure])
@@ -98,7 +108,8 @@ def node_features(seq: str, structure: str, loops: str, f: Fold, f2: Fold | None
         np.where(partner >= 0, np.abs(partner - pos) / 100.0, 0.0),
         pos / 100.0, pos / max(n - 1, 1), np.zeros(n),
     ], 1).astype(np.float32)
-    return np.concatenate([base, struct, loop, dense, _onehot(ptype, 3), tail, second], 1).astype(np.float32)
+    more = [np.stack(bpp_stats(fx), 1) for fx in extra]
+    return np.concatenate([base, struct, loop, dense, _onehot(ptype, 3), tail, second, *more], 1).astype(np.float32)
 
 
 def _prob_lookup(f: Fold, key: np.ndarray, m: int) -> np.ndarray:
@@ -113,8 +124,9 @@ def _prob_lookup(f: Fold, key: np.ndarray, m: int) -> np.ndarray:
     return np.where(k[pos] == key, p[pos], 0.0).astype(np.float32)
 
 
-def edges(seq: str, structure: str, f: Fold, bpp_threshold: float, codon_nodes: bool, f2: Fold | None = None):
-    """(edge_index [2, E], edge_attr [E, NUM_EDGE_FEATURES]); duplicates merged, flags OR-ed."""
+def edges(seq: str, structure: str, f: Fold, bpp_threshold: float, codon_nodes: bool, f2: Fold | None = None,
+          extra: Sequence[Fold] = ()):
+    """(edge_index [2, E], edge_attr [E, NUM_EDGE_FEATURES + len(extra)]); duplicates merged, flags OR-ed."""
     n = len(seq)
     src, dst, typ = [], [], []
 
@@ -148,7 +160,7 @@ def edges(seq: str, structure: str, f: Fold, bpp_threshold: float, codon_nodes: 
     src, dst, typ = np.concatenate(src), np.concatenate(dst), np.concatenate(typ)
     m = n + (n // 3 if codon_nodes else 0)
     key, inv = np.unique(src * m + dst, return_inverse=True)
-    attr = np.zeros((len(key), NUM_EDGE_FEATURES), dtype=np.float32)
+    attr = np.zeros((len(key), NUM_EDGE_FEATURES + len(extra)), dtype=np.float32)
     np.maximum.at(attr, (inv, typ), 1.0)
     s, d = key // m, key % m
     bases = (s < n) & (d < n)
@@ -157,13 +169,17 @@ def edges(seq: str, structure: str, f: Fold, bpp_threshold: float, codon_nodes: 
     attr[:, col("p_ij")] = np.where(pairish, _prob_lookup(f, key, m), 0.0)
     if f2 is not None:
         attr[:, col("p2_ij")] = np.where(pairish, _prob_lookup(f2, key, m), 0.0)
+    for k, fx in enumerate(extra):
+        attr[:, NUM_EDGE_FEATURES + k] = np.where(pairish, _prob_lookup(fx, key, m), 0.0)
     attr[:, col("seq_dist")] = np.where(bases, np.abs(s - d) / 100.0, 0.0)
     return np.stack([s, d]), attr
 
 
 def molecule_graph(rec: dict, f: Fold, structure: str | None = None, loops: str | None = None,
-                   bpp_threshold: float = 0.05, codon_nodes: bool = False, f2: Fold | None = None) -> Data:
-    """Graph of one molecule. ``rec`` has ``id``, ``sequence`` and, when labelled, targets."""
+                   bpp_threshold: float = 0.05, codon_nodes: bool = False, f2: Fold | None = None,
+                   extra: Sequence[Fold] = ()) -> Data:
+    """Graph of one molecule. ``rec`` has ``id``, ``sequence`` and, when labelled, targets; ``extra``:
+    folds of the further ViennaRNA parameter sets (``graph.vienna_params``)."""
     seq = rec["sequence"]
     n = len(seq)
     structure = structure if structure is not None else rec.get("structure") or f.structure
@@ -172,8 +188,8 @@ def molecule_graph(rec: dict, f: Fold, structure: str | None = None, loops: str 
     if loops is None:
         given = rec.get("predicted_loop_type")
         loops = given if given and structure == rec.get("structure") else loop_types(structure)
-    x = node_features(seq, structure, loops, f, f2)
-    ei, ea = edges(seq, structure, f, bpp_threshold, codon_nodes, f2)
+    x = node_features(seq, structure, loops, f, f2, extra)
+    ei, ea = edges(seq, structure, f, bpp_threshold, codon_nodes, f2, extra)
     n_codon = n // 3 if codon_nodes else 0
     if n_codon:
         cx = np.zeros((n_codon, x.shape[1]), dtype=np.float32)
@@ -203,7 +219,41 @@ def molecule_graph(rec: dict, f: Fold, structure: str | None = None, loops: str 
 def graph_params(cfg: dict | None) -> dict:
     p = dict(DEFAULT_GRAPH)
     p.update((cfg or {}).get("graph", {}) or {})
+    p["vienna_params"] = list(p.get("vienna_params") or [])
     return p
+
+
+def graph_signature(section: dict) -> dict:
+    """A ``graph`` section as fingerprints see it: options added later are left out at their "off"
+    value, so runs and graph caches made before the option existed still match."""
+    return without_later_options(section, LATER_GRAPH_OPTIONS_OFF)
+
+
+def extra_fold_params(p: dict) -> list[FoldParams]:
+    """Folding parameters of the further ViennaRNA energy parameter sets (``vienna_params``)."""
+    out = []
+    for name in p.get("vienna_params") or []:
+        check_params(name, "graph.vienna_params")
+        out.append(FoldParams(temperature=float(p["temperature"]), params=str(name)))
+    return out
+
+
+def node_feature_names(p: dict) -> list[str]:
+    """Node feature columns of graphs built with params ``p``: :data:`NODE_FEATURES`, then three per
+    further ViennaRNA parameter set."""
+    return NODE_FEATURES + [f"bpp_{n}_{s}" for n in p.get("vienna_params") or [] for s in ("sum", "max", "entropy")]
+
+
+def edge_feature_names(p: dict) -> list[str]:
+    """Edge feature columns of graphs built with params ``p``: :data:`EDGE_FEATURES`, then one per
+    further ViennaRNA parameter set."""
+    return EDGE_FEATURES + [f"p_{n}_ij" for n in p.get("vienna_params") or []]
+
+
+def feature_dims(cfg: dict) -> tuple[int, int]:
+    """(node features, edge features) of the graphs a config's model reads."""
+    p = graph_params(cfg)
+    return len(node_feature_names(p)), len(edge_feature_names(p))
 
 
 def fold_params(p: dict) -> FoldParams:
@@ -225,7 +275,8 @@ def tta_structures(p: dict) -> list[str]:
 def feature_key(p: dict) -> str:
     """Fingerprint of everything that shapes the features: graph params and both engines' versions."""
     f2 = fold_params2(p)
-    return fingerprint([p, fold_params(p).key(), f2.key() if f2 else None])
+    extra = [fx.key() for fx in extra_fold_params(p)]
+    return fingerprint([graph_signature(p), fold_params(p).key(), f2.key() if f2 else None] + ([extra] if extra else []))
 
 
 def build_graphs(df: pd.DataFrame, params: dict | None = None, structure: str | None = None,
@@ -256,12 +307,15 @@ def build_graphs(df: pd.DataFrame, params: dict | None = None, structure: str | 
     folds = fold_cached(seqs, fp, workers=workers, cache_dir=cache_dir, progress=progress)
     folds2 = (fold_cached(seqs, fp2, workers=workers, cache_dir=cache_dir, progress=progress) if fp2
               else [None] * len(seqs))
+    extra = [fold_cached(seqs, fx, workers=workers, cache_dir=cache_dir, progress=progress)
+             for fx in extra_fold_params(p)]
+    extra = list(zip(*extra)) if extra else [()] * len(seqs)
     sample_i = int(p["structure"][len("sample"):]) - 1 if p["structure"].startswith("sample") else None
     sampled = (sampled_cached(seqs, fp, workers=workers, cache_dir=cache_dir, progress=progress)
                if sample_i is not None else [None] * len(seqs))
     out = []
-    for rec, f, f2, smp in tqdm(zip(df.to_dict("records"), folds, folds2, sampled), total=len(df), desc="graphs",
-                                disable=not progress, unit="mol"):
+    for rec, f, f2, fx, smp in tqdm(zip(df.to_dict("records"), folds, folds2, extra, sampled), total=len(df),
+                                    desc="graphs", disable=not progress, unit="mol"):
         if p["structure"] == "mfe":
             s = f.structure
         elif p["structure"] == "mfe2":
@@ -271,7 +325,7 @@ def build_graphs(df: pd.DataFrame, params: dict | None = None, structure: str | 
         else:
             s = rec.get("structure") if isinstance(rec.get("structure"), str) and rec.get("structure") else f.structure
         out.append(molecule_graph(rec, f, structure=s, bpp_threshold=float(p["bpp_threshold"]),
-                                  codon_nodes=bool(p["codon_nodes"]), f2=f2))
+                                  codon_nodes=bool(p["codon_nodes"]), f2=f2, extra=fx))
     if cache:
         with atomic_path(path) as tmp:
             torch.save(out, tmp)

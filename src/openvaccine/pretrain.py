@@ -30,7 +30,7 @@ from torch_geometric.loader import DataLoader
 from tqdm.auto import tqdm
 
 from .config import fingerprint
-from .graphs import NODE_FEATURES, NUM_EDGE_FEATURES, NUM_NODE_FEATURES
+from .graphs import NODE_FEATURES, feature_dims
 from .models import build_model, model_signature
 
 PRETRAIN_DEFAULTS = dict(epochs=6, mask_prob=0.15, lr=0.001, batch_size=32)
@@ -111,7 +111,7 @@ def pretrain_encoder(cfg: dict, variants: list[list], device, progress: bool = T
     p = pretrain_settings(cfg)
     seed = int(cfg.get("seed", 42))
     set_seed(seed)
-    model = build_model(cfg, NUM_NODE_FEATURES, NUM_EDGE_FEATURES).to(device)
+    model = build_model(cfg, *feature_dims(cfg)).to(device)
     head = MaskedBaseHead(model.out_features).to(device)
     params = list(model.parameters()) + list(head.parameters())
     t = cfg["train"]

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from . import SCORED, SCORED_IDX, TARGETS
 from .config import ROOT, atomic_path, fingerprint, without_later_options
 from .data import data_fingerprint, load_test, load_train
-from .graphs import NUM_EDGE_FEATURES, NUM_NODE_FEATURES, build_graphs, feature_key, graph_params, tta_structures
+from .graphs import build_graphs, feature_dims, feature_key, graph_params, graph_signature, tta_structures
 from .models import build_model, model_signature
 from .pretrain import cached_encoder, load_encoder, pretrain_key, pretrain_settings
 
@@ -227,13 +227,15 @@ LATER_TRAIN_OPTIONS_OFF = {"ema": 0}
 
 def fingerprints(cfg: dict, df: pd.DataFrame) -> dict:
     """Fingerprints of what shapes a fold's model: the config (less its name and ``train.only_folds``,
-    so a fold-0 trial resumes into the full run; ``train`` options added later are left out at
-    their "off" value), the training data and the features."""
+    so a fold-0 trial resumes into the full run; ``train``, ``model`` and ``graph`` options added later
+    are left out at their "off" value), the training data and the features."""
     p = graph_params(cfg)
     c = {k: v for k, v in cfg.items() if k != "name"}
     c["train"] = without_later_options({k: v for k, v in c.get("train", {}).items() if k != "only_folds"},
                                        LATER_TRAIN_OPTIONS_OFF)
     c["model"] = model_signature(c.get("model", {}))
+    if "graph" in c:
+        c["graph"] = graph_signature(c["graph"])
     return dict(config=fingerprint(c),
                 data=data_fingerprint(df), features=feature_key(p))
 
@@ -308,7 +310,7 @@ def train_fold(cfg: dict, train_g, val_g, fold: int, device, progress: bool = Tr
             pick = aug_rng.choice(len(pvariants[0]), n_p, replace=False)
             gs = gs + epoch_graphs([[pv[i] for i in pick] for pv in pvariants], aug_prob, aug_rng)
         return gs
-    model = build_model(cfg, NUM_NODE_FEATURES, NUM_EDGE_FEATURES)
+    model = build_model(cfg, *feature_dims(cfg))
     if init_state is not None:
         load_encoder(model, init_state)
     model = model.to(device)
@@ -365,7 +367,7 @@ def train_fold(cfg: dict, train_g, val_g, fold: int, device, progress: bool = Tr
 
 def load_model(ckpt: dict, device=None):
     device = device or get_device()
-    model = build_model(ckpt["config"], NUM_NODE_FEATURES, NUM_EDGE_FEATURES)
+    model = build_model(ckpt["config"], *feature_dims(ckpt["config"]))
     model.load_state_dict(ckpt["state_dict"])
     return model.to(device).eval()
 
@@ -485,7 +487,7 @@ def train_run(cfg: dict, run_name: str | None = None, df: pd.DataFrame | None = 
             state, score, hist = train_fold(cfg, train_g, [graphs[i] for i in va_idx], f, device, progress,
                                             pseudo_g=pseudo_g, init_state=encoder and encoder["state_dict"])
             seconds = time.perf_counter() - t0
-            model = build_model(cfg, NUM_NODE_FEATURES, NUM_EDGE_FEATURES).to(device)
+            model = build_model(cfg, *feature_dims(cfg)).to(device)
             model.load_state_dict(state)
             # the submission averages over the TTA structures: record that OOF prediction too
             per_v = {v: predict_graphs(model, [by_structure[v][i] for i in va_all], device=device) for v in tta}
@@ -565,7 +567,7 @@ def benchmark(cfg: dict, n_graphs: int = 512) -> dict:
     device = get_device()
     df = load_train().head(n_graphs)
     graphs = build_graphs(df, graph_params(cfg), progress=False)
-    model = build_model(cfg, NUM_NODE_FEATURES, NUM_EDGE_FEATURES).to(device)
+    model = build_model(cfg, *feature_dims(cfg)).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     loader = DataLoader(graphs, batch_size=int(cfg["train"]["batch_size"]), shuffle=True)
     amp = device.type == "cuda"

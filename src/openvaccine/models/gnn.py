@@ -143,13 +143,14 @@ def model_signature(model_cfg: dict) -> dict:
 
 def build_model(cfg: dict, in_dim: int, edge_dim: int) -> DegradationGNN:
     """Model from the ``model`` section; ``model.exclude_features`` drops node features by name."""
-    from ..graphs import NODE_FEATURES
+    from ..graphs import graph_params, node_feature_names
+    names = node_feature_names(graph_params(cfg))
     m = cfg.get("model", {})
     excl = set(m.get("exclude_features") or [])
-    unknown = excl - set(NODE_FEATURES)
+    unknown = excl - set(names)
     if unknown:
-        raise ValueError(f"model.exclude_features: unknown feature(s) {sorted(unknown)}; known: {NODE_FEATURES}")
-    keep = [k for k, f in enumerate(NODE_FEATURES[:in_dim]) if f not in excl]
+        raise ValueError(f"model.exclude_features: unknown feature(s) {sorted(unknown)}; known: {names}")
+    keep = [k for k, f in enumerate(names[:in_dim]) if f not in excl]
     return DegradationGNN(in_dim, edge_dim, conv=m.get("conv", "transformer"), hidden=int(m.get("hidden", 128)),
                           layers=int(m.get("layers", 4)), heads=int(m.get("heads", 4)),
                           dropout=float(m.get("dropout", 0.1)), gru_layers=int(m.get("gru_layers", 2)), keep_features=keep,
