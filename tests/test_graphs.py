@@ -159,6 +159,7 @@ def test_further_vienna_parameter_sets_append_features(train_rows, cache_dir):
         assert sum(float(v[col]) > 0 for v in e.values()) > 20
     # no further sets = the graphs, caches and fingerprints of before the option existed
     assert feature_key(graph_params({"graph": {"vienna_params": []}})) == feature_key(graph_params({}))
+    assert graph_params({"graph": {"vienna_params": "Turner1999"}})["vienna_params"] == ["Turner1999"]   # one set, bare
     assert feature_key(graph_params({"graph": p})) != feature_key(graph_params({"graph": {"engine2": "linearpartition"}}))
     cfg = load_config("smoke", ["graph.vienna_params=[Turner1999]", "model.exclude_features=[bpp_Turner1999_max]"])
     assert feature_dims(cfg) == (len(NODE_FEATURES) + 3, len(EDGE_FEATURES) + 1)

@@ -25,8 +25,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import multiprocessing as mp
-from concurrent.futures import ProcessPoolExecutor
 import os
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence

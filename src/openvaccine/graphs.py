@@ -219,7 +219,8 @@ def molecule_graph(rec: dict, f: Fold, structure: str | None = None, loops: str 
 def graph_params(cfg: dict | None) -> dict:
     p = dict(DEFAULT_GRAPH)
     p.update((cfg or {}).get("graph", {}) or {})
-    p["vienna_params"] = list(p.get("vienna_params") or [])
+    vp = p.get("vienna_params") or []
+    p["vienna_params"] = [vp] if isinstance(vp, str) else list(vp)     # one set may be given bare
     return p
 
 
@@ -273,7 +274,8 @@ def tta_structures(p: dict) -> list[str]:
 
 
 def feature_key(p: dict) -> str:
-    """Fingerprint of everything that shapes the features: graph params and both engines' versions."""
+    """Fingerprint of everything that shapes the features: graph params and the versions of every engine
+    and parameter set folded."""
     f2 = fold_params2(p)
     extra = [fx.key() for fx in extra_fold_params(p)]
     return fingerprint([graph_signature(p), fold_params(p).key(), f2.key() if f2 else None] + ([extra] if extra else []))
