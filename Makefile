@@ -3,11 +3,11 @@ PYTHON ?= python
 export PYTHONPATH := $(CURDIR)/src:$(PYTHONPATH)
 CONFIG ?=
 # runs `make train` trains: the default alone on a CPU (~41 min on 2 cores, CV 0.2437); with a GPU also the
-# default at width 192, wide (CV 0.2420), the default's attention student pseudo_attn (CV 0.2408), that
-# student's student pseudo_attn2 (CV 0.2399), a third seed labelled by both at width 192,
-# pseudo_attn3_wide (CV 0.2382), and wide without dropout, wide_drop0 (CV 0.2438): blend of the six 0.2343,
-# all measured on the CPU; on one H100 ~6 + ~9 + 2 × ~20 + ~28 + ~8 min, estimated from the v3-era GPU runs
-# at twice the steps (not timed there).
+# default with GATv2 graph layers, default_gatv2 (CV 0.2417), the default at width 192, wide (CV 0.2420),
+# the default's attention student pseudo_attn (CV 0.2408), that student's student pseudo_attn2 (CV 0.2399),
+# a third seed labelled by both at width 192, pseudo_attn3_wide (CV 0.2382), and wide without dropout,
+# wide_drop0 (CV 0.2438): blend of the seven 0.2336, all measured on the CPU; on one H100 ~6 + ~6 + ~9 +
+# 2 × ~20 + ~28 + ~8 min, estimated from the v3-era GPU runs at twice the steps (not timed there).
 MEMBERS ?= $(if $(filter 1,$(shell $(PYTHON) -c "import torch; print(int(torch.cuda.is_available()))" 2>/dev/null)),default default_gatv2 wide pseudo_attn pseudo_attn2 pseudo_attn3_wide wide_drop0,default)
 INPUT ?=
 OUT ?= predictions.csv
