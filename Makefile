@@ -3,7 +3,9 @@ PYTHON ?= python
 export PYTHONPATH := $(CURDIR)/src:$(PYTHONPATH)
 CONFIG ?=
 # runs `make train` trains: on a CPU the default with GATv2 graph layers, default_gatv2, alone (25–37 min of
-# folds on 2 cores; `make train && make submit` from a cold cache measured 29 min 55 s; CV 0.2417 and 0.2412 in two runs; the TransformerConv default 0.2437); with a GPU the default, default_gatv2, the default at width 192, wide (CV 0.2420),
+# folds on 2 cores; `make train && make submit` from a cold cache measured 29 min 55 s; CV 0.2417 and 0.2412
+# in two runs; the TransformerConv default 0.2437); with a GPU the default, default_gatv2, the default at
+# width 192, wide (CV 0.2420),
 # the default's attention student pseudo_attn (CV 0.2408), that student's student pseudo_attn2 (CV 0.2399),
 # a third seed labelled by both at width 192, pseudo_attn3_wide (CV 0.2382), and wide without dropout,
 # wide_drop0 (CV 0.2438): blend of the seven 0.2336, all measured on the CPU; on one H100 ~6 + ~6 + ~9 +
