@@ -8,8 +8,8 @@ CONFIG ?=
 # width 192, wide (CV 0.2420),
 # the default's attention student pseudo_attn (CV 0.2408), that student's student pseudo_attn2 (CV 0.2399),
 # a third seed labelled by both at width 192, pseudo_attn3_wide (CV 0.2382), and wide without dropout,
-# wide_drop0 (CV 0.2438): blend of the seven 0.2336, all measured on the CPU; on one H100 ~6 + ~6 + ~9 +
-# 2 × ~20 + ~28 + ~8 min, estimated from the v3-era GPU runs at twice the steps (not timed there).
+# wide_drop0 (CV 0.2438): blend of the seven 0.2336 trained on the CPU; on one H100, each run's folds side by
+# side (train.jobs: auto), 27 min 42 s from a cold cache and a blend of 0.2330 (measured 2026-11-24).
 MEMBERS ?= $(if $(filter 1,$(shell $(PYTHON) -c "import torch; print(int(torch.cuda.is_available()))" 2>/dev/null)),default default_gatv2 wide pseudo_attn pseudo_attn2 pseudo_attn3_wide wide_drop0,default_gatv2)
 INPUT ?=
 OUT ?= predictions.csv
@@ -32,7 +32,7 @@ endif
 features:  ## fold every molecule (ViennaRNA, cached) and build all graphs, given + MFE structures
 	$(PYTHON) -m openvaccine features --mfe
 
-train:  ## train the members in MEMBERS (default: default_gatv2 on a CPU, CV 0.2417 in 25–37 min of folds; default default_gatv2 wide pseudo_attn pseudo_attn2 pseudo_attn3_wide wide_drop0 when a GPU is present; on a CPU MEMBERS="default default_gatv2" blends to 0.2381 in ~1 h 17 min, MEMBERS="default wide wide_drop0" to 0.2367 in ~2 h 40 min, the GPU seven to 0.2336 in ~10 h 40 min) or one CONFIG
+train:  ## train the members in MEMBERS (default: default_gatv2 on a CPU, CV 0.2417 in 25–37 min of folds; default default_gatv2 wide pseudo_attn pseudo_attn2 pseudo_attn3_wide wide_drop0 when a GPU is present, 0.2330 in 27 min 42 s on one H100; on a CPU MEMBERS="default default_gatv2" blends to 0.2381 in ~1 h 17 min, MEMBERS="default wide wide_drop0" to 0.2367 in ~2 h 40 min, the GPU seven to 0.2336 in ~10 h 40 min) or one CONFIG
 ifdef CONFIG
 	$(PYTHON) -m openvaccine train --config $(CONFIG)
 else

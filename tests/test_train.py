@@ -150,6 +150,40 @@ def test_resume_trains_only_unfinished_folds(trained, tiny_cfg, monkeypatch, tmp
                     progress=False)
 
 
+def test_folds_side_by_side_match_a_sequential_run(trained, tiny_cfg, test_rows, tmp_path, capsys):
+    d, run, df = trained
+    rep = T.train_run(apply_overrides(tiny_cfg, ["train.jobs=2"]), run_name=run, df=df, models_dir=tmp_path)
+    assert f"{run}: training folds 0, 1 in 2 processes side by side" in capsys.readouterr().out
+    seq = json.loads((d / run / "cv.json").read_text())
+    for f in (0, 1):
+        a = torch.load(d / run / f"fold{f}.pt", weights_only=False)
+        b = torch.load(tmp_path / run / f"fold{f}.pt", weights_only=False)
+        assert a["fingerprints"] == b["fingerprints"]                # train.jobs is not part of the model
+        assert b["score"] == pytest.approx(a["score"], abs=1e-6)
+        for x, y in zip(a["oof"], b["oof"]):
+            np.testing.assert_allclose(x, y, atol=1e-6)
+    assert not rep["partial"] and rep["cv_mcrmse"] == pytest.approx(seq["cv_mcrmse"], abs=1e-6)
+    assert (tmp_path / run / "oof.npz").is_file()
+    # a fold that fails in its own process is an error naming the run, the fold and the cause
+    bad = apply_overrides(tiny_cfg, ["train.jobs=2", "train.pseudo_from=[nope]"])
+    with pytest.raises(RuntimeError, match=r"bad: fold \d failed in its process: .*teacher run 'nope'"):
+        T.train_run(bad, run_name="bad", df=df, models_dir=tmp_path, progress=False, test_df=pd.DataFrame(test_rows))
+    assert not list((tmp_path / "bad").glob("fold*.pt"))
+
+
+def test_fold_jobs_auto_uses_processes_on_a_gpu_only(monkeypatch):
+    monkeypatch.setattr(T.os, "cpu_count", lambda: 16)
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert T.fold_jobs({"jobs": "auto"}, cpu, 5) == 1 and T.fold_jobs({}, gpu, 5) == 1
+    assert T.fold_jobs({"jobs": "auto"}, gpu, 5) == 5 and T.fold_jobs({"jobs": "auto"}, gpu, 2) == 2
+    assert T.fold_jobs({"jobs": 3}, cpu, 5) == 3 and T.fold_jobs({"jobs": 3}, cpu, 0) == 1
+    monkeypatch.setattr(T.os, "cpu_count", lambda: 4)
+    assert T.fold_jobs({"jobs": "auto"}, gpu, 5) == 2
+    for bad in (0, "two", 1.5):
+        with pytest.raises(ValueError, match="train.jobs must be"):
+            T.fold_jobs({"jobs": bad}, cpu, 5)
+
+
 def test_device_agnostic_prediction(trained):
     d, run, df = trained
     ck = torch.load(d / run / "fold0.pt", weights_only=False)
