@@ -171,17 +171,24 @@ def test_folds_side_by_side_match_a_sequential_run(trained, tiny_cfg, test_rows,
     assert not list((tmp_path / "bad").glob("fold*.pt"))
 
 
-def test_fold_jobs_auto_uses_processes_on_a_gpu_only(monkeypatch):
+def test_fold_jobs_and_their_threads(monkeypatch):
     monkeypatch.setattr(T.os, "cpu_count", lambda: 16)
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
-    assert T.fold_jobs({"jobs": "auto"}, cpu, 5) == 1 and T.fold_jobs({}, gpu, 5) == 1
+    assert T.fold_jobs({}, cpu, 5) == 1 and T.fold_jobs({}, gpu, 5) == 1          # no option: one at a time
     assert T.fold_jobs({"jobs": "auto"}, gpu, 5) == 5 and T.fold_jobs({"jobs": "auto"}, gpu, 2) == 2
+    assert T.fold_jobs({"jobs": "auto"}, cpu, 5) == 5
     assert T.fold_jobs({"jobs": 3}, cpu, 5) == 3 and T.fold_jobs({"jobs": 3}, cpu, 0) == 1
     monkeypatch.setattr(T.os, "cpu_count", lambda: 4)
-    assert T.fold_jobs({"jobs": "auto"}, gpu, 5) == 2
-    for bad in (0, "two", 1.5):
+    assert T.fold_jobs({"jobs": "auto"}, gpu, 5) == 2 and T.fold_jobs({"jobs": "auto"}, cpu, 5) == 4
+    monkeypatch.setattr(T.os, "cpu_count", lambda: 1)
+    assert T.fold_jobs({"jobs": "auto"}, cpu, 5) == 1 and T.fold_jobs({"jobs": "auto"}, gpu, 5) == 1
+    for bad in (0, "two", 1.5, True):
         with pytest.raises(ValueError, match="train.jobs must be"):
             T.fold_jobs({"jobs": bad}, cpu, 5)
+    # rounds of `jobs` folds share the cores; a short last round gets more threads each
+    assert T.fold_threads(5, 2, 2) == [1, 1, 1, 1, 2]
+    assert T.fold_threads(5, 5, 16) == [3] * 5 and T.fold_threads(3, 2, 16) == [8, 8, 16]
+    assert T.fold_threads(4, 4, 2) == [1] * 4
 
 
 def test_device_agnostic_prediction(trained):

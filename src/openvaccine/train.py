@@ -543,16 +543,24 @@ def train_run(cfg: dict, run_name: str | None = None, df: pd.DataFrame | None = 
 
 
 def fold_jobs(t: dict, device: torch.device, pending: int) -> int:
-    """How many of ``pending`` folds train at once: ``train.jobs``, or with ``auto`` one process per
-    fold on a GPU, up to half the CPU cores (one such process, bound by its kernel launches and batching,
-    leaves most of the GPU idle: five on one H100 trained the GPU `make train` in 28 min, ~105 min estimated one
-    after another), and 1 on a CPU, where one process already uses every core."""
+    """How many of ``pending`` folds train at once: ``train.jobs``, or with ``auto`` one process per fold
+    up to the number of cores on a CPU (a model this small uses two threads poorly: on 2 cores two folds
+    of one thread each train 1.6× the epochs per minute of one fold on both) and up to half the cores on
+    a GPU (one process, bound by its kernel launches and batching, leaves most of it idle: five on one
+    H100 trained the GPU `make train` in 28 min, ~105 min estimated one after another)."""
     j = t.get("jobs", 1)
     if j in (None, "auto"):
-        j = max(1, (os.cpu_count() or 1) // 2) if device.type == "cuda" else 1
+        cores = os.cpu_count() or 1
+        j = max(1, cores // 2) if device.type == "cuda" else cores
     if not isinstance(j, int) or isinstance(j, bool) or j < 1:
         raise ValueError(f"train.jobs must be a whole number >= 1 or auto, got {j!r}")
     return max(1, min(j, pending))
+
+
+def fold_threads(n: int, jobs: int, cores: int) -> list[int]:
+    """Torch threads for each of ``n`` folds started ``jobs`` at a time: the cores shared by the folds
+    of its round (a short last round gets more threads each)."""
+    return [max(1, cores // min(jobs, n - (i // jobs) * jobs)) for i in range(n)]
 
 
 def _train_fold_process(cfg: dict, run: str, fold: int, df, test_df, models_dir, threads, progress):
@@ -565,14 +573,15 @@ def train_folds_in_processes(cfg: dict, run: str, folds: list[int], jobs: int, d
                              progress: bool = True) -> None:
     """Train ``folds`` of one run in ``jobs`` spawned processes at a time, each saving its checkpoint
     as a sequential run would (same seeds and fingerprints); each uses ``train.threads`` torch threads,
-    or its share of the cores. A fold's error is raised here, naming the fold."""
-    threads = None if cfg["train"].get("threads") else max(1, (os.cpu_count() or 1) // jobs)
+    or its share of the cores (:func:`fold_threads`). A fold's error is raised here, naming the fold."""
+    fixed = cfg["train"].get("threads")
+    threads = [fixed] * len(folds) if fixed else fold_threads(len(folds), jobs, os.cpu_count() or 1)
     ctx = multiprocessing.get_context("spawn")             # CUDA cannot be used in forked children
     if progress:
         print(f"{run}: training folds {', '.join(map(str, folds))} in {jobs} processes side by side")
     with ProcessPoolExecutor(jobs, mp_context=ctx) as ex:
-        futs = {ex.submit(_train_fold_process, cfg, run, f, df, test_df, models_dir, threads,
-                          "lines" if progress else False): f for f in folds}
+        futs = {ex.submit(_train_fold_process, cfg, run, f, df, test_df, models_dir, n_threads,
+                          "lines" if progress else False): f for f, n_threads in zip(folds, threads)}
         for fu in as_completed(futs):
             try:
                 fu.result()
