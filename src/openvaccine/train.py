@@ -289,7 +289,7 @@ class WeightAverage:
                 avg.copy_(cur)
 
 
-def train_fold(cfg: dict, train_g, val_g, fold: int, device, progress: bool = True, pseudo_g=None,
+def train_fold(cfg: dict, train_g, val_g, fold: int, device, progress: bool | str = True, pseudo_g=None,
                init_state: dict | None = None):
     """Train one fold; returns (best_state_dict, best_score, history).
 
@@ -427,7 +427,7 @@ def pseudo_graphs(graphs, labels: list[np.ndarray], n_scored, weight: float) -> 
 
 
 def train_run(cfg: dict, run_name: str | None = None, df: pd.DataFrame | None = None,
-              models_dir: Path | str | None = None, progress: bool = True,
+              models_dir: Path | str | None = None, progress: bool | str = True,
               test_df: pd.DataFrame | None = None, threads: int | None = None,
               write_report: bool = True) -> dict | None:
     """Train (or resume) every fold of one config; returns the CV report.
@@ -566,7 +566,6 @@ def fold_threads(n: int, jobs: int, cores: int) -> list[int]:
 def _train_fold_process(cfg: dict, run: str, fold: int, df, test_df, models_dir, threads, progress):
     train_run(apply_overrides(cfg, [f"train.only_folds=[{fold}]", "train.jobs=1"]), run_name=run, df=df,
               models_dir=models_dir, progress=progress, test_df=test_df, threads=threads, write_report=False)
-    return fold
 
 
 def train_folds_in_processes(cfg: dict, run: str, folds: list[int], jobs: int, df, test_df, models_dir,
@@ -586,8 +585,7 @@ def train_folds_in_processes(cfg: dict, run: str, folds: list[int], jobs: int, d
             try:
                 fu.result()
             except Exception as e:
-                for other in futs:
-                    other.cancel()
+                ex.shutdown(cancel_futures=True)        # folds not yet started; running ones finish and save
                 raise RuntimeError(f"{run}: fold {futs[fu]} failed in its process: {e}") from e
 
 
