@@ -11,7 +11,7 @@ CONFIG ?=
 # wide_drop0 (CV 0.2438): blend of the seven 0.2336 trained on the CPU; on one H100, each run's folds side by
 # side (train.jobs: auto), 27 min 42 s from a cold cache and a blend of 0.2330 (measured 2026-11-24, with
 # default_gatv2 at 13 epochs; at 17 it costs ~30 s more there).
-MEMBERS ?= $(if $(filter 1,$(shell $(PYTHON) -c "import torch; print(int(torch.cuda.is_available()))" 2>/dev/null)),default default_gatv2 wide pseudo_attn pseudo_attn2 pseudo_attn3_wide wide_drop0,default_gatv2)
+MEMBERS ?= $(if $(filter 1,$(shell $(PYTHON) -c "import torch; print(int(torch.cuda.is_available()))" 2>/dev/null)),default default_gatv2 wide pseudo_attn pseudo_attn2 pseudo_attn3_wide wide_drop0,default_gatv2 default_gatv2_s7)
 INPUT ?=
 OUT ?= predictions.csv
 
