@@ -2,16 +2,17 @@
 PYTHON ?= python
 export PYTHONPATH := $(CURDIR)/src:$(PYTHONPATH)
 CONFIG ?=
-# runs `make train` trains: on a CPU the default with GATv2 graph layers, default_gatv2, alone (17 epochs, two
-# folds side by side: 27 min of folds on 2 cores, `make train && make submit` from a cold cache 32 min 51 s; CV
-# 0.2403; at 13 epochs 0.2417 and 0.2412; the TransformerConv default 0.2437); with a GPU the default,
-# default_gatv2, the default at width 192, wide (CV 0.2420),
+# runs `make train` trains: on a CPU the default with GATv2 graph layers on two seeds, default_gatv2 and
+# default_gatv2_s7 (13 epochs each, two folds side by side: ~19 min a run on 2 cores, `make train && make submit`
+# from a cold cache 46 min 53 s; CV 0.2414 and 0.2413, blend 0.2374; one seed at 17 epochs 0.2403, the
+# TransformerConv default 0.2437); with a GPU the default, default_gatv2, the default at width 192, wide (CV 0.2420),
 # the default's attention student pseudo_attn (CV 0.2408), that student's student pseudo_attn2 (CV 0.2399),
-# a third seed labelled by both at width 192, pseudo_attn3_wide (CV 0.2382), and wide without dropout,
-# wide_drop0 (CV 0.2438): blend of the seven 0.2336 trained on the CPU; on one H100, each run's folds side by
-# side (train.jobs: auto), 27 min 42 s from a cold cache and a blend of 0.2330 (measured 2026-11-24, with
-# default_gatv2 at 13 epochs; at 17 it costs ~30 s more there).
-MEMBERS ?= $(if $(filter 1,$(shell $(PYTHON) -c "import torch; print(int(torch.cuda.is_available()))" 2>/dev/null)),default default_gatv2 wide pseudo_attn pseudo_attn2 pseudo_attn3_wide wide_drop0,default_gatv2 default_gatv2_s7)
+# a third seed labelled by both at width 192, pseudo_attn3_wide (CV 0.2382), wide without dropout,
+# wide_drop0 (CV 0.2438), default_gatv2_s7 and default_gatv2 with a BiLSTM, default_gatv2_lstm (CV 0.2431): on
+# one H100, each run's folds side by side (train.jobs: auto), the first seven took 27 min 42 s from a cold cache
+# and blend to 0.2330 (measured 2026-11-24); the last two take them to 0.2324 (trained on the CPU; ~4 min more
+# on the H100, estimated).
+MEMBERS ?= $(if $(filter 1,$(shell $(PYTHON) -c "import torch; print(int(torch.cuda.is_available()))" 2>/dev/null)),default default_gatv2 wide pseudo_attn pseudo_attn2 pseudo_attn3_wide wide_drop0 default_gatv2_s7 default_gatv2_lstm,default_gatv2 default_gatv2_s7)
 INPUT ?=
 OUT ?= predictions.csv
 
@@ -33,7 +34,7 @@ endif
 features:  ## fold every molecule (ViennaRNA, cached) and build all graphs, given + MFE structures
 	$(PYTHON) -m openvaccine features --mfe
 
-train:  ## train the members in MEMBERS (default: default_gatv2 on a CPU, CV 0.2403 in ~27 min of folds; default default_gatv2 wide pseudo_attn pseudo_attn2 pseudo_attn3_wide wide_drop0 when a GPU is present, 0.2330 in 27 min 42 s on one H100; on a CPU MEMBERS="default default_gatv2" blends to 0.2381 in ~1 h 17 min, MEMBERS="default wide wide_drop0" to 0.2367 in ~2 h 40 min, the GPU seven to 0.2336 in ~10 h 40 min) or one CONFIG
+train:  ## train the members in MEMBERS (default: default_gatv2 default_gatv2_s7 on a CPU, CV 0.2374 in ~39 min; default default_gatv2 wide pseudo_attn pseudo_attn2 pseudo_attn3_wide wide_drop0 default_gatv2_s7 default_gatv2_lstm when a GPU is present, 0.2324, the first seven in 27 min 42 s on one H100; on a CPU one seed at 17 epochs (python -m openvaccine train --config default_gatv2 train.epochs=17) reads 0.2403 in ~27 min, MEMBERS="default_gatv2 default_gatv2_s7 default_gatv2_lstm" blends to 0.2360 in ~54 min (~64 with make submit), MEMBERS="default wide wide_drop0" blends to 0.2367 in ~2 h 40 min, the GPU seven to 0.2336 in ~10 h 40 min) or one CONFIG
 ifdef CONFIG
 	$(PYTHON) -m openvaccine train --config $(CONFIG)
 else

@@ -215,6 +215,7 @@ def test_fold_subset_run_is_reported_but_not_an_ensemble_member(trained, tiny_cf
     table = T.experiments_table(tmp_path)
     m = cfg["model"]
     assert f"| part | transformer | {m['gru_layers']} | {m.get('attn_layers', 0)} | " in table
+    assert T.rnn_layers({"gru_layers": 2, "rnn": "lstm"}) == "2 LSTM" and T.rnn_layers({"gru_layers": 0, "rnn": "lstm"}) == "0"
     t = cfg["train"]                                                 # folds, CV grouping, epochs, batch, lr
     assert f"| 0 | identity ≥ 0.8 | 1 | {t['batch_size']} | {float(t['lr']):g} |" in table
     assert f"{rep['cv_mcrmse']:.4f}" in table

@@ -661,6 +661,12 @@ def benchmark(cfg: dict, n_graphs: int = 512) -> dict:
     return res
 
 
+def rnn_layers(m: dict) -> str:
+    """A model section's recurrent layers for the runs table: ``2`` (BiGRU), ``2 LSTM``, ``0`` (none)."""
+    n, rnn = int(m.get("gru_layers", 0)), str(m.get("rnn", "gru"))
+    return f"{n} {rnn.upper()}" if n and rnn != "gru" else str(n)
+
+
 def experiments_table(models_dir: Path | str | None = None) -> str:
     """Markdown table of every run under ``models/`` (CV on SN_filter=1 rows, time per epoch), named by
     its directory (a run moved aside, e.g. ``default-v2``, keeps its own name)."""
@@ -671,7 +677,7 @@ def experiments_table(models_dir: Path | str | None = None) -> str:
         folds = r["folds"]
         similarity = fold_settings(r["config"])[2]
         rows.append("| {run} | {conv} | {gru} | {attn} | {h}x{L} | {folds} | {groups} | {ep} | {bs} | {lr:g} | {pl} | **{cv:.4f}** | {tta} | {re:.4f} | {mg:.4f} | {c50:.4f} | {spe:.1f} | {fs:.0f} | {dev} |".format(
-            run=cvp.parent.name, conv=m["conv"], gru=m.get("gru_layers", 0), attn=m.get("attn_layers", 0),
+            run=cvp.parent.name, conv=m["conv"], gru=rnn_layers(m), attn=m.get("attn_layers", 0),
             h=m["hidden"], L=m["layers"],
             pl=", ".join(t.get("pseudo_from") or []),
             folds=",".join(str(f["fold"]) for f in folds),
@@ -680,7 +686,7 @@ def experiments_table(models_dir: Path | str | None = None) -> str:
             re=r["cv_rmse"]["reactivity"], mg=r["cv_rmse"]["deg_Mg_pH10"], c50=r["cv_rmse"]["deg_Mg_50C"],
             spe=float(np.mean([f["seconds_per_epoch"] for f in folds])), fs=float(np.mean([f["seconds"] for f in folds])),
             dev=folds[0]["device"]))
-    cols = ["run", "conv", "BiGRU layers", "attention layers", "hidden x layers", "folds", "CV groups", "max epochs",
+    cols = ["run", "conv", "bi-RNN layers", "attention layers", "hidden x layers", "folds", "CV groups", "max epochs",
             "batch", "peak lr", "pseudo-labels from", "CV MCRMSE", "CV with TTA", "reactivity", "deg_Mg_pH10",
             "deg_Mg_50C", "s/epoch", "s/fold", "device"]
     head = "| " + " | ".join(cols) + " |\n|" + " --- |" * len(cols)       # the separator follows the columns
