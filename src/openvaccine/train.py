@@ -50,8 +50,13 @@ def set_seed(seed: int) -> None:
     torch.cuda.manual_seed_all(seed)
 
 
+def cpu_cores() -> int:
+    """The CPU cores this process may use (1 when the platform cannot tell)."""
+    return os.cpu_count() or 1
+
+
 def set_threads(n: int | None) -> None:
-    torch.set_num_threads(int(n) if n else max(1, os.cpu_count() or 1))
+    torch.set_num_threads(int(n) if n else cpu_cores())
 
 
 def mcrmse(pred: np.ndarray, y: np.ndarray, cols=SCORED_IDX) -> float:
@@ -550,7 +555,7 @@ def fold_jobs(t: dict, device: torch.device, pending: int) -> int:
     H100 trained the GPU `make train` in 28 min, ~105 min estimated one after another)."""
     j = t.get("jobs", 1)
     if j in (None, "auto"):
-        cores = os.cpu_count() or 1
+        cores = cpu_cores()
         j = max(1, cores // 2) if device.type == "cuda" else cores
     if not isinstance(j, int) or isinstance(j, bool) or j < 1:
         raise ValueError(f"train.jobs must be a whole number >= 1 or auto, got {j!r}")
@@ -574,7 +579,7 @@ def train_folds_in_processes(cfg: dict, run: str, folds: list[int], jobs: int, d
     as a sequential run would (same seeds and fingerprints); each uses ``train.threads`` torch threads,
     or its share of the cores (:func:`fold_threads`). A fold's error is raised here, naming the fold."""
     fixed = cfg["train"].get("threads")
-    threads = [fixed] * len(folds) if fixed else fold_threads(len(folds), jobs, os.cpu_count() or 1)
+    threads = [fixed] * len(folds) if fixed else fold_threads(len(folds), jobs, cpu_cores())
     ctx = multiprocessing.get_context("spawn")             # CUDA cannot be used in forked children
     if progress:
         print(f"{run}: training folds {', '.join(map(str, folds))} in {jobs} processes side by side")
@@ -676,8 +681,8 @@ def experiments_table(models_dir: Path | str | None = None) -> str:
         m, t = r["config"]["model"], r["config"]["train"]
         folds = r["folds"]
         similarity = fold_settings(r["config"])[2]
-        rows.append("| {run} | {conv} | {gru} | {attn} | {h}x{L} | {folds} | {groups} | {ep} | {bs} | {lr:g} | {pl} | **{cv:.4f}** | {tta} | {re:.4f} | {mg:.4f} | {c50:.4f} | {spe:.1f} | {fs:.0f} | {dev} |".format(
-            run=cvp.parent.name, conv=m["conv"], gru=rnn_layers(m), attn=m.get("attn_layers", 0),
+        rows.append("| {run} | {conv} | {rnn} | {attn} | {h}x{L} | {folds} | {groups} | {ep} | {bs} | {lr:g} | {pl} | **{cv:.4f}** | {tta} | {re:.4f} | {mg:.4f} | {c50:.4f} | {spe:.1f} | {fs:.0f} | {dev} |".format(
+            run=cvp.parent.name, conv=m["conv"], rnn=rnn_layers(m), attn=m.get("attn_layers", 0),
             h=m["hidden"], L=m["layers"],
             pl=", ".join(t.get("pseudo_from") or []),
             folds=",".join(str(f["fold"]) for f in folds),
