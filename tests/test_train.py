@@ -171,6 +171,33 @@ def test_folds_side_by_side_match_a_sequential_run(trained, tiny_cfg, test_rows,
     assert not list((tmp_path / "bad").glob("fold*.pt"))
 
 
+def test_several_runs_share_one_pool_and_students_wait_for_their_teachers(trained, tiny_cfg, test_rows, tmp_path,
+                                                                          capsys):
+    d, run, df = trained
+    def cfg(name, *more):
+        return apply_overrides(tiny_cfg, [f"name={name}", "train.jobs=2", *more])
+    student = cfg("student", f"train.pseudo_from=[{run}]", "seed=5", f"train.fold_seed={tiny_cfg['seed']}")
+    reps = T.train_runs([student, cfg(run), cfg("other", "seed=7")], models_dir=tmp_path, df=df,
+                        test_df=pd.DataFrame(test_rows))
+    out = capsys.readouterr().out
+    shared = out.index(f"{run} + other: training folds 0, 1; 0, 1 in 2 processes side by side")
+    assert out.index("student: training folds 0, 1 in 2 processes side by side") > shared   # after its teacher
+    assert [r["run"] for r in reps] == ["student", run, "other"] and not any(r["partial"] for r in reps)
+    for f in (0, 1):                                   # the teacher's folds are the sequential run's
+        a = torch.load(d / run / f"fold{f}.pt", weights_only=False)
+        b = torch.load(tmp_path / run / f"fold{f}.pt", weights_only=False)
+        assert a["fingerprints"] == b["fingerprints"] and b["score"] == pytest.approx(a["score"], abs=1e-6)
+        for x, y in zip(a["oof"], b["oof"]):
+            np.testing.assert_allclose(x, y, atol=1e-6)
+        assert torch.load(tmp_path / "student" / f"fold{f}.pt", weights_only=False)["teachers"] == {run: a["fingerprints"]}
+    assert reps[2]["cv_mcrmse"] != reps[1]["cv_mcrmse"]          # another seed: another run
+    assert all((tmp_path / n / "cv.json").is_file() for n in ("student", run, "other"))
+    with pytest.raises(ValueError, match=r"the runs \['a', 'b'\] wait for one another"):
+        T.train_runs([cfg("a", "train.pseudo_from=[b]"), cfg("b", "train.pseudo_from=[a]")], models_dir=tmp_path, df=df)
+    with pytest.raises(ValueError, match="runs named twice"):
+        T.train_runs([cfg("a"), cfg("a")], models_dir=tmp_path, df=df)
+
+
 def test_fold_jobs_and_their_threads(monkeypatch):
     monkeypatch.setattr(T.os, "cpu_count", lambda: 16)
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
@@ -355,14 +382,14 @@ def test_options_added_later_leave_older_runs_fingerprints_alone(train_rows):
     """A config that spells out ``model.attn_layers: 0`` (or ``train.ema: 0``, ``graph.vienna_params: []``)
     is the one its runs were trained with."""
     df = pd.DataFrame(train_rows[:5])
-    cfg = load_config("smoke", ["model.attn_layers=0", "train.ema=0", "graph.vienna_params=[]"])
+    cfg = load_config("smoke", ["model.attn_layers=0", "train.ema=0", "graph.vienna_params=[]", "train.cpu_bf16=false"])
     older = {k: v for k, v in cfg.items()}
     older["model"] = {k: v for k, v in cfg["model"].items() if k != "attn_layers"}
-    older["train"] = {k: v for k, v in cfg["train"].items() if k != "ema"}
+    older["train"] = {k: v for k, v in cfg["train"].items() if k not in ("ema", "cpu_bf16")}
     older["graph"] = {k: v for k, v in cfg["graph"].items() if k != "vienna_params"}
     assert T.fingerprints(cfg, df) == T.fingerprints(older, df)
     for change in (["model.attn_layers=1", "train.ema=0"], ["model.attn_layers=0", "train.ema=0.99"],
-                   ["graph.vienna_params=[Langdon2018]"]):
+                   ["model.attn_layers=0", "train.cpu_bf16=true"], ["graph.vienna_params=[Langdon2018]"]):
         changed = T.fingerprints(load_config("smoke", change), df)
         assert changed != T.fingerprints(older, df)
     assert changed["features"] != T.fingerprints(older, df)["features"]       # the graphs differ too
@@ -413,3 +440,25 @@ def test_prediction_batches_keep_order_and_bound_the_attention_grid():
     for c in chunks:
         longest = max(int(g.seq_len) for g in c)
         assert len(c) == 1 or len(c) * longest ** 2 <= 64 * 160 ** 2
+
+
+def test_cpu_bf16_runs_train_and_predict_in_bfloat16_where_the_cpu_has_it(train_rows, tiny_cfg, tmp_path, monkeypatch):
+    monkeypatch.setattr(T, "get_device", lambda: torch.device("cpu"))
+    monkeypatch.setattr(T, "bf16_native", lambda: True)       # bfloat16 autocast runs (emulated) on any CPU
+    df = pd.DataFrame(train_rows)
+    cfg = apply_overrides(tiny_cfg, ["train.cpu_bf16=true", "train.only_folds=[0]"])
+    T.train_run(cfg, run_name="bf16", df=df, models_dir=tmp_path, progress=False)
+    ck = torch.load(tmp_path / "bf16" / "fold0.pt", weights_only=False)
+    assert ck["precision"] == "bfloat16"
+    model = T.load_model(ck, torch.device("cpu"))
+    assert model.cpu_bf16                                      # it predicts as it was validated
+    from openvaccine.graphs import graph_params
+    graphs = [build_graphs(df, graph_params(cfg), progress=False)[i] for i in ck["oof_index"]]
+    for a, b in zip(T.predict_graphs(model, graphs), ck["oof"]):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    model.cpu_bf16 = False
+    diff = max(np.abs(a - b).max() for a, b in zip(T.predict_graphs(model, graphs), ck["oof"]))
+    assert 1e-4 < diff < 0.1                                   # bfloat16 rounding, not another model
+    monkeypatch.setattr(T, "bf16_native", lambda: False)       # a CPU without it: float32
+    assert not T.cpu_bf16(cfg) and not T.load_model(ck, torch.device("cpu")).cpu_bf16
+    assert not T.cpu_bf16(tiny_cfg)

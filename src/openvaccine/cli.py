@@ -73,8 +73,15 @@ def cmd_report_loops(args):
 
 
 def cmd_train(args):
-    from .train import train_run
-    train_run(_cfg(args), run_name=args.run_name)
+    from .train import train_run, train_runs
+    configs = [c for c in args.config if "=" not in c]           # `--config a b k=v`: k=v is an override
+    overrides = [c for c in args.config if "=" in c] + args.overrides
+    if len(configs) == 1:
+        train_run(load_config(configs[0], overrides), run_name=args.run_name)
+    elif args.run_name:
+        sys.exit("train: --run-name names one run; with several configs each run takes its config's name")
+    else:
+        train_runs([load_config(c, overrides) for c in configs])
 
 
 def cmd_submit(args):
@@ -147,7 +154,9 @@ def main(argv=None):
     p.add_argument("--n", type=int, default=250, help="molecules sampled")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(fn=cmd_report_structures)
-    p = with_config(sub.add_parser("train", help="K-fold training of one config"))
+    p = sub.add_parser("train", help="K-fold training of one config, or of several sharing one pool of fold processes")
+    p.add_argument("--config", nargs="+", default=["default"], help="YAMLs under configs/ or paths")
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides (of every config)")
     p.add_argument("--run-name", default=None)
     p.set_defaults(fn=cmd_train)
     p = sub.add_parser("submit", help="ensemble trained runs into submissions/submission.csv")
