@@ -13,7 +13,7 @@ CONFIG ?=
 # wide_drop0 (CV 0.2438), default_gatv2_s7 (CV 0.2413) and default_gatv2_lstm: on one H100, each run's folds
 # side by side (train.jobs: auto), the first seven took 27 min 42 s from a cold cache and blend to 0.2330
 # (measured 2026-11-24); the last two take them to 0.2321 (trained on the CPU; ~4 min more on the H100, estimated).
-MEMBERS ?= $(if $(filter 1,$(shell $(PYTHON) -c "import torch; print(int(torch.cuda.is_available()))" 2>/dev/null)),default default_gatv2 wide pseudo_attn pseudo_attn2 pseudo_attn3_wide wide_drop0 default_gatv2_s7 default_gatv2_lstm,default_gatv2 default_gatv2_s7 default_gatv2_lstm default_gatv2_lstm_s11)
+MEMBERS ?= $(if $(filter 1,$(shell $(PYTHON) -c "import torch; print(int(torch.cuda.is_available()))" 2>/dev/null)),default default_gatv2 wide pseudo_attn pseudo_attn2 pseudo_attn3_wide wide_drop0 default_gatv2_s7 default_gatv2_lstm default_gatv2_lstm_s11,default_gatv2 default_gatv2_s7 default_gatv2_lstm default_gatv2_lstm_s11)
 INPUT ?=
 OUT ?= predictions.csv
 

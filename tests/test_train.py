@@ -180,7 +180,7 @@ def test_several_runs_share_one_pool_and_students_wait_for_their_teachers(traine
     reps = T.train_runs([student, cfg(run), cfg("other", "seed=7")], models_dir=tmp_path, df=df,
                         test_df=pd.DataFrame(test_rows))
     out = capsys.readouterr().out
-    shared = out.index(f"{run} + other: training folds 0, 1; 0, 1 in 2 processes side by side")
+    shared = out.index(f"training {run} folds 0, 1; other folds 0, 1 in 2 processes side by side")
     assert out.index("student: training folds 0, 1 in 2 processes side by side") > shared   # after its teacher
     assert [r["run"] for r in reps] == ["student", run, "other"] and not any(r["partial"] for r in reps)
     for f in (0, 1):                                   # the teacher's folds are the sequential run's
@@ -337,9 +337,9 @@ def test_pseudo_labelled_run_uses_its_folds_teacher(trained, tiny_cfg, test_rows
     seen = {}
     real = T.train_fold
 
-    def spy(cfg, tr, va, fold, device, progress=True, pseudo_g=None, init_state=None):
+    def spy(cfg, tr, va, fold, device, progress=True, pseudo_g=None, init_state=None, **kw):
         seen.update(tr=tr, pseudo=pseudo_g)
-        return real(cfg, tr, va, fold, device, progress, pseudo_g=pseudo_g, init_state=init_state)
+        return real(cfg, tr, va, fold, device, progress, pseudo_g=pseudo_g, init_state=init_state, **kw)
     monkeypatch.setattr(T, "train_fold", spy)
     cfg = apply_overrides(json.loads(json.dumps(tiny_cfg)),
                           ["train.only_folds=[0]", f"train.pseudo_from=[{teacher}]", "train.pseudo_weight=0.5",
@@ -450,6 +450,7 @@ def test_cpu_bf16_runs_train_and_predict_in_bfloat16_where_the_cpu_has_it(train_
     T.train_run(cfg, run_name="bf16", df=df, models_dir=tmp_path, progress=False)
     ck = torch.load(tmp_path / "bf16" / "fold0.pt", weights_only=False)
     assert ck["precision"] == "bfloat16"
+    assert "| cpu bf16 |" in T.experiments_table(tmp_path)     # the runs table says so
     model = T.load_model(ck, torch.device("cpu"))
     assert model.cpu_bf16                                      # it predicts as it was validated
     from openvaccine.graphs import graph_params

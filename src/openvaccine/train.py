@@ -315,7 +315,7 @@ class WeightAverage:
 
 
 def train_fold(cfg: dict, train_g, val_g, fold: int, device, progress: bool | str = True, pseudo_g=None,
-               init_state: dict | None = None):
+               init_state: dict | None = None, label: str = ""):
     """Train one fold; returns (best_state_dict, best_score, history).
 
     ``train_g`` is a list of graphs, or a list of variants (lists of graphs of the same molecules
@@ -324,7 +324,8 @@ def train_fold(cfg: dict, train_g, val_g, fold: int, device, progress: bool | st
     epoch; both kinds then carry their loss weight in ``loss_w``. ``init_state``: a pretrained
     encoder (:mod:`.pretrain`) to start from instead of a random initialisation. With
     ``train.ema`` (a decay, 0 = off) validation and the returned state use the weights' moving
-    average (:class:`WeightAverage`) instead of the last step's weights.
+    average (:class:`WeightAverage`) instead of the last step's weights. ``label`` heads its epoch lines
+    (the run's name where several runs' folds train side by side).
     """
     t = cfg["train"]
     set_seed(int(cfg.get("seed", 42)) + fold)
@@ -386,7 +387,7 @@ def train_fold(cfg: dict, train_g, val_g, fold: int, device, progress: bool | st
         hist.append(dict(epoch=ep + 1, train_loss=run_loss / max(n, 1), val_mcrmse=score,
                          val_rmse={c: float(v) for c, v in zip(TARGETS, per)}, seconds=train_time))
         if progress:
-            tqdm.write(f"fold {fold} epoch {ep + 1}: loss {run_loss / max(n, 1):.4f}  val MCRMSE {score:.4f}  ({train_time:.1f} s)")
+            tqdm.write(f"{label}fold {fold} epoch {ep + 1}: loss {run_loss / max(n, 1):.4f}  val MCRMSE {score:.4f}  ({train_time:.1f} s)")
         if score < best - 1e-5:
             best, bad = score, 0
             best_state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
@@ -532,7 +533,8 @@ def train_run(cfg: dict, run_name: str | None = None, df: pd.DataFrame | None = 
                 train_g = [with_loss_weight(gs, w_real) for gs in train_g]
                 pseudo_g = [pseudo_graphs(test_by[v], labels, test_df["seq_scored"], w_pseudo) for v in test_by]
             state, score, hist = train_fold(cfg, train_g, [graphs[i] for i in va_idx], f, device, progress,
-                                            pseudo_g=pseudo_g, init_state=encoder and encoder["state_dict"])
+                                            pseudo_g=pseudo_g, init_state=encoder and encoder["state_dict"],
+                                            label=f"{run} " if progress == "lines" else "")
             seconds = time.perf_counter() - t0
             model = load_model(dict(config=cfg, state_dict=state), device)
             # the submission averages over the TTA structures: record that OOF prediction too
@@ -551,7 +553,8 @@ def train_run(cfg: dict, run_name: str | None = None, df: pd.DataFrame | None = 
         ep_s = [h["seconds"] for h in ck["history"]]
         fold_reports.append(dict(fold=f, val_mcrmse=ck["score"], n_train=ck["n_train"], n_val=ck["n_val"],
                                  epochs=len(ck["history"]), seconds=ck["seconds"],
-                                 seconds_per_epoch=float(np.mean(ep_s)) if ep_s else None, device=ck["device"]))
+                                 seconds_per_epoch=float(np.mean(ep_s)) if ep_s else None, device=ck["device"],
+                                 precision=ck.get("precision")))
     if not write_report:
         return None
     report = cv_report(df, graphs, oof, folds, fold_reports, cfg, run, fps, oof_tta=oof_tta, tta=tta)
@@ -606,9 +609,10 @@ def train_folds_in_processes(tasks: list[tuple[dict, str, int]], jobs: int, df, 
     threads = [cfg["train"].get("threads") or n for (cfg, _, _), n in zip(tasks, shares)]
     ctx = multiprocessing.get_context("spawn")             # CUDA cannot be used in forked children
     if progress:
-        runs = {run: [f for _, r, f in tasks if r == run] for _, run, _ in tasks}
-        print(f"{' + '.join(runs)}: training folds {'; '.join(', '.join(map(str, fs)) for fs in runs.values())} "
-              f"in {jobs} processes side by side")
+        runs = {run: ", ".join(str(f) for _, r, f in tasks if r == run) for _, run, _ in tasks}
+        what = (f"{tasks[0][1]}: training folds {runs[tasks[0][1]]}" if len(runs) == 1 else
+                "training " + "; ".join(f"{run} folds {fs}" for run, fs in runs.items()))
+        print(f"{what} in {jobs} processes side by side")
     with ProcessPoolExecutor(jobs, mp_context=ctx) as ex:
         futs = {ex.submit(_train_fold_process, cfg, run, f, df, test_df, models_dir, n_threads,
                           "lines" if progress else False): (run, f) for (cfg, run, f), n_threads in zip(tasks, threads)}
@@ -627,7 +631,7 @@ def train_runs(cfgs: list[dict], models_dir: Path | str | None = None, progress:
 
     With processes (``train.jobs``, see :func:`fold_jobs`) the unfinished folds of all the runs share
     one pool, in the runs' order, instead of one pool per run: on 2 cores a run of 5 folds otherwise
-    trains its last fold alone, at 1.3–1.5× the speed of a fold beside another instead of 2×. A run
+    trains its last fold alone, at 1.0–1.5× the speed of a fold beside another instead of 2×. A run
     taught by another of the list (``train.pseudo_from``) waits for its teachers' runs; a run with
     ``train.pretrain`` trains on its own (:func:`train_run`, which pretrains its encoder once first).
     Each fold's checkpoint is the one :func:`train_run` would save with the same torch threads.
@@ -744,7 +748,8 @@ def rnn_layers(m: dict) -> str:
 
 def experiments_table(models_dir: Path | str | None = None) -> str:
     """Markdown table of every run under ``models/`` (CV on SN_filter=1 rows, time per epoch), named by
-    its directory (a run moved aside, e.g. ``default-v2``, keeps its own name)."""
+    its directory (a run moved aside, e.g. ``default-v2``, keeps its own name); "device" says ``cpu bf16``
+    for a run trained under bfloat16 autocast."""
     rows = []
     for cvp in sorted(Path(models_dir or MODELS_DIR).glob("*/cv.json")):
         r = json.loads(cvp.read_text())
@@ -760,7 +765,7 @@ def experiments_table(models_dir: Path | str | None = None) -> str:
             tta=f"{r['cv_mcrmse_tta']:.4f}" if "cv_mcrmse_tta" in r else "",
             re=r["cv_rmse"]["reactivity"], mg=r["cv_rmse"]["deg_Mg_pH10"], c50=r["cv_rmse"]["deg_Mg_50C"],
             spe=float(np.mean([f["seconds_per_epoch"] for f in folds])), fs=float(np.mean([f["seconds"] for f in folds])),
-            dev=folds[0]["device"]))
+            dev=folds[0]["device"] + (" bf16" if folds[0].get("precision") == "bfloat16" else "")))
     cols = ["run", "conv", "bi-RNN layers", "attention layers", "hidden x layers", "folds", "CV groups", "max epochs",
             "batch", "peak lr", "pseudo-labels from", "CV MCRMSE", "CV with TTA", "reactivity", "deg_Mg_pH10",
             "deg_Mg_50C", "s/epoch", "s/fold", "device"]
