@@ -2,17 +2,17 @@
 PYTHON ?= python
 export PYTHONPATH := $(CURDIR)/src:$(PYTHONPATH)
 CONFIG ?=
-# runs `make train` trains: on a CPU the default with GATv2 graph layers, default_gatv2 (13 epochs, CV 0.2414),
-# and it with a BiLSTM in place of the BiGRU, default_gatv2_lstm (17 epochs, CV 0.2409; PyTorch's CPU LSTM runs
-# through oneDNN, 22 s an epoch against the GRU's 30): blend 0.2362, two folds side by side, ~19 min a run on
-# 2 cores, `make train && make submit` ~46 min from a cold cache (the parts measured; the two GRU seeds,
-# default_gatv2 and default_gatv2_s7, blended 0.2374 in 46 min 53 s measured end to end); with a GPU the default,
+# runs `make train` trains: on a CPU the default with GATv2 graph layers, default_gatv2 (13 epochs, CV 0.2418),
+# its second seed default_gatv2_s7 (0.2413), and both with a BiLSTM in place of the BiGRU for 17 epochs,
+# default_gatv2_lstm (0.2400) and default_gatv2_lstm_s11 (0.2416), in bfloat16 where the CPU has it
+# (train.cpu_bf16), all twenty folds two at a time in one pool: blend 0.2339, `make train && make submit`
+# 62 min 11 s from a fresh clone and a cold cache on 2 cores (measured 2026-11-25); with a GPU the default,
 # default_gatv2, the default at width 192, wide (CV 0.2420),
 # the default's attention student pseudo_attn (CV 0.2408), that student's student pseudo_attn2 (CV 0.2399),
 # a third seed labelled by both at width 192, pseudo_attn3_wide (CV 0.2382), wide without dropout,
-# wide_drop0 (CV 0.2438), default_gatv2_s7 (CV 0.2413) and default_gatv2_lstm: on one H100, each run's folds
-# side by side (train.jobs: auto), the first seven took 27 min 42 s from a cold cache and blend to 0.2330
-# (measured 2026-11-24); the last two take them to 0.2321 (trained on the CPU; ~4 min more on the H100, estimated).
+# wide_drop0 (CV 0.2438), default_gatv2_s7, default_gatv2_lstm and default_gatv2_lstm_s11: on one H100, each
+# run's folds side by side (train.jobs: auto), the first seven took 27 min 42 s from a cold cache and blend to
+# 0.2330 (measured 2026-11-24); the last three take them to 0.2319 (CPU-trained in float32; not timed there).
 MEMBERS ?= $(if $(filter 1,$(shell $(PYTHON) -c "import torch; print(int(torch.cuda.is_available()))" 2>/dev/null)),default default_gatv2 wide pseudo_attn pseudo_attn2 pseudo_attn3_wide wide_drop0 default_gatv2_s7 default_gatv2_lstm default_gatv2_lstm_s11,default_gatv2 default_gatv2_s7 default_gatv2_lstm default_gatv2_lstm_s11)
 INPUT ?=
 OUT ?= predictions.csv
@@ -35,7 +35,7 @@ endif
 features:  ## fold every molecule (ViennaRNA, cached) and build all graphs, given + MFE structures
 	$(PYTHON) -m openvaccine features --mfe
 
-train:  ## train the members in MEMBERS (default: default_gatv2 default_gatv2_lstm on a CPU, CV 0.2362 in ~38 min; default default_gatv2 wide pseudo_attn pseudo_attn2 pseudo_attn3_wide wide_drop0 default_gatv2_s7 default_gatv2_lstm when a GPU is present, 0.2321, the first seven in 27 min 42 s on one H100; on a CPU MEMBERS="default_gatv2 default_gatv2_s7" blends to 0.2374 in ~39 min, MEMBERS="default_gatv2 default_gatv2_s7 default_gatv2_lstm" to 0.2350 in ~58 min (~66 with make submit), MEMBERS="default wide wide_drop0" to 0.2367 in ~2 h 40 min, the GPU seven to 0.2336 in ~10 h 40 min) or one CONFIG
+train:  ## train the members in MEMBERS in one pool of fold processes (default: default_gatv2 default_gatv2_s7 default_gatv2_lstm default_gatv2_lstm_s11 on a CPU, CV 0.2339, 62 min with make submit; default default_gatv2 wide pseudo_attn pseudo_attn2 pseudo_attn3_wide wide_drop0 default_gatv2_s7 default_gatv2_lstm default_gatv2_lstm_s11 when a GPU is present, 0.2319, the first seven in 27 min 42 s on one H100; on a CPU MEMBERS="default_gatv2 default_gatv2_lstm default_gatv2_lstm_s11" blends to 0.2345 in ~44 min with make submit, MEMBERS="default_gatv2 default_gatv2_lstm" to 0.2359 in ~30 min, MEMBERS="default wide wide_drop0" to 0.2367 in ~2 h 40 min (float32), the GPU seven to 0.2336 in ~10 h 40 min) or one CONFIG
 ifdef CONFIG
 	$(PYTHON) -m openvaccine train --config $(CONFIG)
 else
