@@ -463,3 +463,17 @@ def test_cpu_bf16_runs_train_and_predict_in_bfloat16_where_the_cpu_has_it(train_
     monkeypatch.setattr(T, "bf16_native", lambda: False)       # a CPU without it: float32
     assert not T.cpu_bf16(cfg) and not T.load_model(ck, torch.device("cpu")).cpu_bf16
     assert not T.cpu_bf16(tiny_cfg)
+
+
+def test_train_command_takes_several_configs_and_their_overrides(monkeypatch):
+    from openvaccine import cli
+    got = {}
+    monkeypatch.setattr(T, "train_runs", lambda cfgs: got.update(runs=cfgs))
+    monkeypatch.setattr(T, "train_run", lambda cfg, run_name=None: got.update(run=(cfg, run_name)))
+    cli.main(["train", "--config", "smoke", "default_gatv2", "train.epochs=3"])    # k=v after the configs: an override
+    assert [c["name"] for c in got["runs"]] == ["smoke", "default_gatv2"]
+    assert all(c["train"]["epochs"] == 3 for c in got["runs"])
+    cli.main(["train", "--config", "smoke", "--run-name", "x", "seed=5"])
+    assert got["run"][1] == "x" and got["run"][0]["seed"] == 5
+    with pytest.raises(SystemExit, match="--run-name names one run"):
+        cli.main(["train", "--config", "smoke", "default_gatv2", "--run-name", "x"])
