@@ -196,6 +196,10 @@ def test_several_runs_share_one_pool_and_students_wait_for_their_teachers(traine
         T.train_runs([cfg("a", "train.pseudo_from=[b]"), cfg("b", "train.pseudo_from=[a]")], models_dir=tmp_path, df=df)
     with pytest.raises(ValueError, match="runs named twice"):
         T.train_runs([cfg("a"), cfg("a")], models_dir=tmp_path, df=df)
+    # a run folder of another config stops the call before any other run's fold trains
+    with pytest.raises(RuntimeError, match=r"other holds fold 0 trained with other config"):
+        T.train_runs([cfg("fresh"), cfg("other", "seed=8")], models_dir=tmp_path, df=df)
+    assert not (tmp_path / "fresh").exists()
 
 
 def test_fold_jobs_and_their_threads(monkeypatch):

@@ -514,9 +514,7 @@ def train_run(cfg: dict, run_name: str | None = None, df: pd.DataFrame | None = 
         ck_path = out / f"fold{f}.pt"
         if ck_path.is_file():
             ck = torch.load(ck_path, weights_only=False, map_location="cpu")
-            if ck["fingerprints"] != fps:
-                raise RuntimeError(f"{out} holds fold {f} trained with other config/data/features "
-                                   f"({ck['fingerprints']} != {fps}); use another --run-name or delete {out}")
+            check_fingerprints(ck, fps, out)
             if progress:
                 print(f"fold {f}: done already (val MCRMSE {ck['score']:.4f}), skipping")
         else:
@@ -648,6 +646,10 @@ def train_runs(cfgs: list[dict], models_dir: Path | str | None = None, progress:
         if not ready:
             raise ValueError(f"train.pseudo_from: the runs {sorted(waiting)} wait for one another")
         shared = [(c, n) for c, n in ready if not pretrain_settings(c)]
+        for c, n in shared:                  # a stale run stops the call before hours of other runs' folds
+            fps = fingerprints(c, df)
+            for ck_path in sorted((models_dir / n).glob("fold*.pt")):
+                check_fingerprints(torch.load(ck_path, weights_only=False, map_location="cpu"), fps, models_dir / n)
         tasks = [(c, n, f) for c, n in shared for f in unfinished_folds(c, models_dir / n)]
         jobs = min([fold_jobs(c["train"], device, len(tasks)) for c, _ in shared] or [1])
         if jobs > 1:
@@ -658,6 +660,13 @@ def train_runs(cfgs: list[dict], models_dir: Path | str | None = None, progress:
             reports[n] = train_run(c, run_name=n, df=df, models_dir=models_dir, progress=progress, test_df=test_df)
         left = [(c, n) for c, n in left if n not in reports]
     return [reports[n] for n in names]
+
+
+def check_fingerprints(ck: dict, fps: dict, out: Path) -> None:
+    """Refuse a fold checkpoint in the run folder ``out`` trained with other config/data/features."""
+    if ck["fingerprints"] != fps:
+        raise RuntimeError(f"{out} holds fold {ck.get('fold', '?')} trained with other config/data/features "
+                           f"({ck['fingerprints']} != {fps}); use another --run-name or delete {out}")
 
 
 def unfinished_folds(cfg: dict, out: Path) -> list[int]:
