@@ -79,6 +79,14 @@ def autocast(device: torch.device, bf16: bool = False):
     return torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
 
 
+def new_model(cfg: dict) -> torch.nn.Module:
+    """The config's model, untrained, marked with the precision it trains and predicts in on a CPU
+    (``model.cpu_bf16``, read by :func:`predict_graphs`; :func:`cpu_bf16`)."""
+    model = build_model(cfg, *feature_dims(cfg))
+    model.cpu_bf16 = cpu_bf16(cfg)
+    return model
+
+
 def mcrmse(pred: np.ndarray, y: np.ndarray, cols=SCORED_IDX) -> float:
     """Mean over ``cols`` of the column RMSE; ``pred``/``y`` are [positions, 5]."""
     return float(np.mean([np.sqrt(np.mean((pred[:, c] - y[:, c]) ** 2)) for c in cols]))
@@ -341,8 +349,7 @@ def train_fold(cfg: dict, train_g, val_g, fold: int, device, progress: bool | st
             pick = aug_rng.choice(len(pvariants[0]), n_p, replace=False)
             gs = gs + epoch_graphs([[pv[i] for i in pick] for pv in pvariants], aug_prob, aug_rng)
         return gs
-    model = build_model(cfg, *feature_dims(cfg))
-    model.cpu_bf16 = cpu_bf16(cfg)          # read by predict_graphs (validation), copied into the EMA model
+    model = new_model(cfg)                  # its precision mark is copied into the EMA model
     if init_state is not None:
         load_encoder(model, init_state)
     model = model.to(device)
@@ -401,9 +408,8 @@ def train_fold(cfg: dict, train_g, val_g, fold: int, device, progress: bool | st
 def load_model(ckpt: dict, device=None):
     """A fold's model in eval mode; it predicts in the precision it was trained in (``cpu_bf16``)."""
     device = device or get_device()
-    model = build_model(ckpt["config"], *feature_dims(ckpt["config"]))
+    model = new_model(ckpt["config"])
     model.load_state_dict(ckpt["state_dict"])
-    model.cpu_bf16 = cpu_bf16(ckpt["config"])
     return model.to(device).eval()
 
 
@@ -504,7 +510,7 @@ def train_run(cfg: dict, run_name: str | None = None, df: pd.DataFrame | None = 
     fold_reports = []
     t_run = time.perf_counter()
     only = t.get("only_folds")
-    todo = list(range(k)) if only is None else [int(x) for x in only]
+    todo = run_folds(cfg)
     pending = unfinished_folds(cfg, out)
     jobs = fold_jobs(t, device, len(pending))
     if jobs > 1:
@@ -544,7 +550,7 @@ def train_run(cfg: dict, run_name: str | None = None, df: pd.DataFrame | None = 
                       oof_index=va_all, oof=[q.astype(np.float32) for q in preds],
                       oof_tta=[q.astype(np.float32) for q in preds_tta], tta=tta,
                       teachers=teacher_fps, pretrained=encoder and encoder["key"], torch=torch.__version__,
-                      precision="float16" if device.type == "cuda" else "bfloat16" if cpu_bf16(cfg) else "float32")
+                      precision="float16" if device.type == "cuda" else "bfloat16" if model.cpu_bf16 else "float32")
             save_atomic(ck, ck_path)
         for i, q, qt in zip(ck["oof_index"], ck["oof"], ck.get("oof_tta", ck["oof"])):
             oof[i], oof_tta[i] = q, qt
@@ -669,11 +675,15 @@ def check_fingerprints(ck: dict, fps: dict, out: Path) -> None:
                            f"({ck['fingerprints']} != {fps}); use another --run-name or delete {out}")
 
 
-def unfinished_folds(cfg: dict, out: Path) -> list[int]:
-    """The folds of ``cfg`` (``train.only_folds`` or all) with no checkpoint in the run folder ``out``."""
+def run_folds(cfg: dict) -> list[int]:
+    """The folds a run of ``cfg`` trains: ``train.only_folds``, or all."""
     only = cfg["train"].get("only_folds")
-    todo = range(int(cfg["train"]["folds"])) if only is None else [int(x) for x in only]
-    return [f for f in todo if not (out / f"fold{f}.pt").is_file()]
+    return list(range(int(cfg["train"]["folds"]))) if only is None else [int(x) for x in only]
+
+
+def unfinished_folds(cfg: dict, out: Path) -> list[int]:
+    """The folds of ``cfg`` (:func:`run_folds`) with no checkpoint in the run folder ``out``."""
+    return [f for f in run_folds(cfg) if not (out / f"fold{f}.pt").is_file()]
 
 
 def cv_report(df, graphs, oof, folds, fold_reports, cfg, run, fps, oof_tta=None, tta=None) -> dict:
@@ -722,8 +732,7 @@ def benchmark(cfg: dict, n_graphs: int = 512) -> dict:
     device = get_device()
     df = load_train().head(n_graphs)
     graphs = build_graphs(df, graph_params(cfg), progress=False)
-    model = build_model(cfg, *feature_dims(cfg)).to(device)
-    model.cpu_bf16 = cpu_bf16(cfg)
+    model = new_model(cfg).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     loader = DataLoader(graphs, batch_size=int(cfg["train"]["batch_size"]), shuffle=True)
     for rep in range(2):                      # first pass warms up
