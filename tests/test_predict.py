@@ -4,11 +4,13 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from openvaccine import TARGETS
 from openvaccine.data import DataError
-from openvaccine.predict import (blend, blend_report, fit_blend, nested_blend, load_runs, make_submission, predict_file, read_sequences,
-                                 submission_frame, validate_submission, write_submission)
+from openvaccine.predict import (blend, blend_report, ensemble_predict, fit_blend, nested_blend, load_runs, make_submission,
+                                 prediction_jobs, predict_file, read_sequences, submission_frame, validate_submission,
+                                 write_submission)
 
 
 def _sample(rows):
@@ -116,6 +118,35 @@ def test_submission_from_tiny_run(trained, test_rows, tmp_path):
     # 130-nt molecules are predicted at every base
     long_id = next(r["id"] for r in test_rows if r["seq_length"] == 130)
     assert sub["id_seqpos"].str.startswith(long_id + "_").sum() == 130
+
+
+def test_prediction_passes_in_processes_match_passes_here(trained, test_rows, tmp_path):
+    # two members (the same folds under two names, weighted apart per target): every fold × structure
+    # pass in two spawned processes gives the blend the passes made here give
+    d, run, train_df = trained
+    for name in ("a", "b"):
+        shutil.copytree(d / run, tmp_path / name)
+    runs = load_runs(models_dir=tmp_path)
+    w = {"a": dict(zip(TARGETS, [1.0, 0.3, 0.5, 0.0, 0.9])), "b": dict(zip(TARGETS, [0.0, 0.7, 0.5, 1.0, 0.1]))}
+    df = pd.DataFrame(test_rows)
+    here = ensemble_predict(runs, df, weights=w, progress=False, jobs=1)
+    there = ensemble_predict(runs, df, weights=w, progress=False, jobs=2)
+    assert [len(p) for p in here] == list(df["seq_length"])
+    for a, b in zip(here, there):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    one = ensemble_predict(runs[:1], df, weights={"a": dict.fromkeys(TARGETS, 1.0)}, progress=False, jobs=1)
+    for a, b in zip(here, one):                                         # the same folds: one run's prediction
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_prediction_processes_follow_the_cores_and_the_work():
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert prediction_jobs(cpu, passes=60, molecules=3634, cores=2) == 2
+    assert prediction_jobs(cpu, passes=60, molecules=3634, cores=16) == 8
+    assert prediction_jobs(cpu, passes=3, molecules=3634, cores=16) == 3
+    assert prediction_jobs(cpu, passes=60, molecules=8, cores=16) == 1          # a process costs seconds to start
+    assert prediction_jobs(cpu, passes=1, molecules=3634, cores=16) == 1
+    assert prediction_jobs(gpu, passes=60, molecules=3634, cores=16) == 1
 
 
 @pytest.mark.parametrize("content, suffix, match", [

@@ -446,6 +446,21 @@ def test_prediction_batches_keep_order_and_bound_the_attention_grid():
         assert len(c) == 1 or len(c) * longest ** 2 <= 64 * 160 ** 2
 
 
+def test_prediction_sorted_by_length_returns_each_molecule_in_input_order(trained, test_rows):
+    # 107- and 130-nt molecules interleaved: batched shortest first, yet each prediction is the
+    # molecule's own (as predicted alone) and in the caller's order
+    from openvaccine.graphs import graph_params
+    d, run, _ = trained
+    ck = torch.load(d / run / "fold0.pt", weights_only=False)
+    model = T.load_model(ck, torch.device("cpu"))
+    rows = [r for pair in zip(test_rows[:4], test_rows[4:]) for r in pair][::-1]
+    graphs = build_graphs(pd.DataFrame(rows), graph_params(ck["config"]), progress=False)
+    got = T.predict_graphs(model, graphs, batch_size=3)
+    assert [len(p) for p in got] == [r["seq_length"] for r in rows]
+    for g, p in zip(graphs, got):
+        np.testing.assert_allclose(p, T.predict_graphs(model, [g])[0], atol=1e-5)
+
+
 def test_cpu_bf16_runs_train_and_predict_in_bfloat16_where_the_cpu_has_it(train_rows, tiny_cfg, tmp_path, monkeypatch):
     monkeypatch.setattr(T, "get_device", lambda: torch.device("cpu"))
     monkeypatch.setattr(T, "bf16_native", lambda: True)       # bfloat16 autocast runs (emulated) on any CPU
