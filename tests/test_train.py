@@ -88,6 +88,12 @@ def test_run_outputs_and_checkpoint_round_trip(trained):
     cv = json.loads((out / "cv.json").read_text())
     assert {"cv_mcrmse", "cv_rmse", "folds", "position_rmse"} <= set(cv) and len(cv["folds"]) == 2
     assert len(cv["position_rmse"]) == 68 and (out / "cv.md").read_text().startswith("# CV report")
+    for f in cv["folds"]:                       # the kept (best) epoch and what the last one scored
+        hist = torch.load(out / f"fold{f['fold']}.pt", weights_only=False)["history"]
+        vals = [h["val_mcrmse"] for h in hist]
+        assert f["val_mcrmse"] == pytest.approx(min(vals)) and vals[f["kept_epoch"] - 1] == pytest.approx(min(vals))
+        assert f["last_val_mcrmse"] == pytest.approx(vals[-1])
+    assert "last epochs read" in (out / "cv.md").read_text()
     oof = np.load(out / "oof.npz", allow_pickle=True)
     assert oof["pred"].shape == (len(df), 130, 5) and list(oof["ids"]) == list(df["id"])
     ck = torch.load(out / "fold0.pt", weights_only=False)
@@ -107,6 +113,13 @@ def test_run_outputs_and_checkpoint_round_trip(trained):
         np.testing.assert_allclose(np.mean([v[k] for v in per_v], 0), b, atol=PRED_ATOL)
     i0 = int(ck["oof_index"][0])
     np.testing.assert_allclose(oof["pred_tta"][i0, :107], ck["oof_tta"][0], atol=1e-6)
+
+
+def test_kept_epoch_is_the_first_better_by_more_than_the_tolerance():
+    h = [dict(epoch=1, val_mcrmse=0.30), dict(epoch=2, val_mcrmse=0.25), dict(epoch=3, val_mcrmse=0.249995),
+         dict(epoch=4, val_mcrmse=0.26)]
+    assert T.kept_epoch(h) == dict(kept_epoch=2, last_val_mcrmse=0.26)     # 3 is not better by 1e-5
+    assert T.kept_epoch([]) == {}
 
 
 def test_tta_predict_is_the_mean_over_models_and_structures_with_a_progress_bar(trained, capsys):
