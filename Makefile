@@ -12,8 +12,11 @@ CONFIG ?=
 # a third seed labelled by both at width 192, pseudo_attn3_wide (CV 0.2382), wide without dropout,
 # wide_drop0 (CV 0.2438), default_gatv2_s7, default_gatv2_lstm and default_gatv2_lstm_s11: on one H100, each
 # run's folds side by side (train.jobs: auto), the first seven took 27 min 42 s from a cold cache and blend to
-# 0.2330 (measured 2026-11-24); the last three take them to 0.2319 (CPU-trained in float32; not timed there).
-MEMBERS ?= $(if $(filter 1,$(shell $(PYTHON) -c "import torch; print(int(torch.cuda.is_available()))" 2>/dev/null)),default default_gatv2 wide pseudo_attn pseudo_attn2 pseudo_attn3_wide wide_drop0 default_gatv2_s7 default_gatv2_lstm default_gatv2_lstm_s11,default_gatv2 default_gatv2_s7 default_gatv2_lstm default_gatv2_lstm_s11)
+# 0.2330 (measured 2026-11-24); the next three take them to 0.2319 (CPU-trained in float32; not timed there); and
+# default_gatv2 at 26 epochs and its BiLSTM at 34, default_gatv2_e26 and default_gatv2_lstm_e34 (7 min 10 s side by side
+# on one H200; 0.2330 as a pair, 0.2311 with the four CPU members, measured 2026-11-30; the twelve together not measured).
+# The CPU time depends on the CPU: the same make train && make submit took 2 h 01 min on a 2-core Intel Xeon (2026-11-30).
+MEMBERS ?= $(if $(filter 1,$(shell $(PYTHON) -c "import torch; print(int(torch.cuda.is_available()))" 2>/dev/null)),default default_gatv2 wide pseudo_attn pseudo_attn2 pseudo_attn3_wide wide_drop0 default_gatv2_s7 default_gatv2_lstm default_gatv2_lstm_s11 default_gatv2_e26 default_gatv2_lstm_e34,default_gatv2 default_gatv2_s7 default_gatv2_lstm default_gatv2_lstm_s11)
 INPUT ?=
 OUT ?= predictions.csv
 
@@ -35,7 +38,7 @@ endif
 features:  ## fold every molecule (ViennaRNA, cached) and build all graphs, given + MFE structures
 	$(PYTHON) -m openvaccine features --mfe
 
-train:  ## train the members in MEMBERS in one pool of fold processes (default: default_gatv2 default_gatv2_s7 default_gatv2_lstm default_gatv2_lstm_s11 on a CPU, CV 0.2339, 62 min with make submit; default default_gatv2 wide pseudo_attn pseudo_attn2 pseudo_attn3_wide wide_drop0 default_gatv2_s7 default_gatv2_lstm default_gatv2_lstm_s11 when a GPU is present, 0.2319, the first seven in 27 min 42 s on one H100; on a CPU MEMBERS="default_gatv2 default_gatv2_lstm default_gatv2_lstm_s11" blends to 0.2345 in ~44 min with make submit, MEMBERS="default_gatv2 default_gatv2_lstm" to 0.2359 in ~30 min, MEMBERS="default wide wide_drop0" to 0.2367 in ~2 h 40 min (float32), the GPU seven to 0.2336 in ~10 h 40 min) or one CONFIG
+train:  ## train the members in MEMBERS in one pool of fold processes (default: default_gatv2 default_gatv2_s7 default_gatv2_lstm default_gatv2_lstm_s11 on a CPU, CV 0.2339, 62 min with make submit; default default_gatv2 wide pseudo_attn pseudo_attn2 pseudo_attn3_wide wide_drop0 default_gatv2_s7 default_gatv2_lstm default_gatv2_lstm_s11 default_gatv2_e26 default_gatv2_lstm_e34 when a GPU is present (the first ten 0.2319; the CPU four + the last two 0.2311), the first seven in 27 min 42 s on one H100; on a CPU MEMBERS="default_gatv2 default_gatv2_lstm default_gatv2_lstm_s11" blends to 0.2345 in ~44 min with make submit, MEMBERS="default_gatv2 default_gatv2_lstm" to 0.2359 in ~30 min, MEMBERS="default wide wide_drop0" to 0.2367 in ~2 h 40 min (float32), the GPU seven to 0.2336 in ~10 h 40 min) or one CONFIG
 ifdef CONFIG
 	$(PYTHON) -m openvaccine train --config $(CONFIG)
 else
