@@ -403,7 +403,7 @@ def train_fold(cfg: dict, train_g, val_g, fold: int, device, progress: bool | st
                          val_rmse={c: float(v) for c, v in zip(TARGETS, per)}, seconds=train_time))
         if progress:
             tqdm.write(f"{label}fold {fold} epoch {ep + 1}: loss {run_loss / max(n, 1):.4f}  val MCRMSE {score:.4f}  ({train_time:.1f} s)")
-        if score < best - 1e-5:
+        if improves(score, best):
             best, bad = score, 0
             best_state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
         else:
@@ -694,14 +694,19 @@ def unfinished_folds(cfg: dict, out: Path) -> list[int]:
     return [f for f in run_folds(cfg) if not (out / f"fold{f}.pt").is_file()]
 
 
+def improves(score: float, best: float) -> bool:
+    """Whether an epoch's validation MCRMSE beats the best so far by more than 1e-5 (the epoch a fold keeps)."""
+    return score < best - 1e-5
+
+
 def kept_epoch(history: list[dict]) -> dict:
     """Which epoch a fold kept and what its last epoch scored. :func:`train_fold` keeps the epoch with the
     best validation MCRMSE, chosen on the very molecules the OOF is then scored on, so a fold's score is
     optimistic by about ``last_val_mcrmse - val_mcrmse`` (0 when the last epoch is kept): the CV table
     shows it, since it grows with the epochs and with how much a model's validation score wanders."""
     best, kept = float("inf"), None
-    for h in history:                     # train_fold's rule: an epoch counts as better by more than 1e-5
-        if h["val_mcrmse"] < best - 1e-5:
+    for h in history:
+        if improves(h["val_mcrmse"], best):
             best, kept = h["val_mcrmse"], h["epoch"]
     return dict(kept_epoch=kept, last_val_mcrmse=float(history[-1]["val_mcrmse"])) if history else {}
 
