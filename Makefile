@@ -16,7 +16,9 @@ CONFIG ?=
 # default_gatv2 at 26 epochs and its BiLSTM at 34, default_gatv2_e26 and default_gatv2_lstm_e34 (7 min 10 s side by side
 # on one H200; 0.2330 as a pair, 0.2311 with the four CPU members, measured 2026-11-30; the twelve together not measured).
 # The CPU time depends on the CPU: the same make train && make submit took 2 h 01 min on a 2-core Intel Xeon (2026-11-30).
-MEMBERS ?= $(if $(filter 1,$(shell $(PYTHON) -c "import torch; print(int(torch.cuda.is_available()))" 2>/dev/null)),default default_gatv2 wide pseudo_attn pseudo_attn2 pseudo_attn3_wide wide_drop0 default_gatv2_s7 default_gatv2_lstm default_gatv2_lstm_s11 default_gatv2_e26 default_gatv2_lstm_e34,default_gatv2 default_gatv2_s7 default_gatv2_lstm default_gatv2_lstm_s11)
+GPU := $(shell $(PYTHON) -c "import torch; print(int(torch.cuda.is_available()))" 2>/dev/null)
+MEMBERS ?= $(if $(filter 1,$(GPU)),default default_gatv2 wide pseudo_attn pseudo_attn2 pseudo_attn3_wide wide_drop0 default_gatv2_s7 default_gatv2_lstm default_gatv2_lstm_s11 default_gatv2_e26 default_gatv2_lstm_e34,default_gatv2 default_gatv2_lstm default_gatv2_lstm_s11 default_gatv2_s7)
+BUDGET ?= $(if $(filter 1,$(GPU)),,60)
 INPUT ?=
 OUT ?= predictions.csv
 
@@ -42,7 +44,7 @@ train:  ## train the members in MEMBERS in one pool of fold processes (default: 
 ifdef CONFIG
 	$(PYTHON) -m openvaccine train --config $(CONFIG)
 else
-	$(PYTHON) -m openvaccine train --config $(MEMBERS)
+	$(PYTHON) -m openvaccine train --config $(MEMBERS) $(if $(BUDGET),--budget $(BUDGET),)
 endif
 
 submit:  ## blend every trained run into submissions/submission.csv (validated)

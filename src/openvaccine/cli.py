@@ -81,7 +81,11 @@ def cmd_train(args):
     elif args.run_name:
         sys.exit("train: --run-name names one run; with several configs each run takes its config's name")
     else:
-        train_runs([load_config(c, overrides) for c in configs])
+        cfgs = [load_config(c, overrides) for c in configs]
+        if args.budget:
+            from .budget import within_budget
+            cfgs = within_budget(cfgs, args.budget)
+        train_runs(cfgs)
 
 
 def cmd_submit(args):
@@ -128,7 +132,7 @@ def cmd_report_structures(args):
 
 def cmd_bench(args):
     from .train import benchmark
-    benchmark(_cfg(args), n_graphs=args.n)
+    benchmark(_cfg(args), n_graphs=args.n, passes=args.passes)
 
 
 def main(argv=None):
@@ -158,6 +162,9 @@ def main(argv=None):
     p.add_argument("--config", nargs="+", default=["default"], help="YAMLs under configs/ or paths")
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides (of every config)")
     p.add_argument("--run-name", default=None)
+    p.add_argument("--budget", type=float, default=None, metavar="MIN",
+                   help="with several configs: keep them, in order, while the estimated minutes of training "
+                        "and of make submit's prediction passes fit in MIN on this CPU (0: no budget)")
     p.set_defaults(fn=cmd_train)
     p = sub.add_parser("submit", help="ensemble trained runs into submissions/submission.csv")
     p.add_argument("--runs", nargs="*", default=None, help="run folders under models/ (default: all complete)")
@@ -179,6 +186,7 @@ def main(argv=None):
     p.set_defaults(fn=cmd_report)
     p = with_config(sub.add_parser("bench", help="graphs/second for training and inference"))
     p.add_argument("--n", type=int, default=512)
+    p.add_argument("--passes", type=int, default=1, help="timed passes after the warm-up (the fastest counts)")
     p.set_defaults(fn=cmd_bench)
     args = ap.parse_args(argv)
     args.fn(args)

@@ -1,0 +1,98 @@
+import pandas as pd
+import pytest
+import torch
+
+from openvaccine import budget as B
+from openvaccine import train as T
+from openvaccine.config import apply_overrides, load_config
+
+SPEED = dict(train_graphs_per_s=40.0, infer_graphs_per_s=200.0)
+
+
+@pytest.fixture
+def on_cpu(monkeypatch):
+    monkeypatch.setattr(B, "get_device", lambda: torch.device("cpu"))
+    monkeypatch.setattr(B, "cpu_cores", lambda: 2)
+    monkeypatch.setattr(T, "cpu_cores", lambda: 2)
+
+
+def frames(n_good=80, n_noisy=15, n_usable_noisy=5, test_lengths=(107, 130, 130)):
+    """Training rows (SN_filter=1; SN_filter=0 under and over S/N 1) and test lengths."""
+    df = pd.DataFrame(dict(SN_filter=[1] * n_good + [0] * (n_noisy + n_usable_noisy),
+                           signal_to_noise=[5.0] * n_good + [0.5] * n_noisy + [1.5] * n_usable_noisy))
+    return df, pd.DataFrame(dict(seq_length=list(test_lengths)))
+
+
+def test_run_minutes_follows_its_formula():
+    cfg = load_config("default_gatv2")                  # 5 folds, 13 epochs, 3 TTA structures
+    n, k, e = 1000, 5, 13
+    fold_s = e * ((n - n / k) / 40.0 + (n / k) / 200.0)
+    submit_s = k * 3 * 3634 * 126 / 107 / 200.0
+    got = B.run_minutes(cfg, 5, n, 3634 * 126, SPEED, jobs=2)
+    assert got == pytest.approx((5 * fold_s + submit_s) / 2 / 60)
+    assert B.run_minutes(cfg, 0, n, 3634 * 126, SPEED, jobs=2) == pytest.approx(submit_s / 2 / 60)
+
+
+def test_usable_rows_and_speed_key():
+    df, _ = frames()
+    assert B.usable_rows(load_config("default_gatv2"), df) == 85       # SN_filter=1, or S/N >= 1.0
+    a, b = load_config("default_gatv2"), load_config("default_gatv2_s7")
+    assert B.speed_key(a) == B.speed_key(b)                              # seeds run at one speed
+    assert B.speed_key(a) != B.speed_key(load_config("default_gatv2_lstm"))
+
+
+def test_within_budget_keeps_members_in_order_while_they_fit(on_cpu, tmp_path, capsys):
+    df, test_df = frames(2000, 0, 0, [130] * 3000)
+    names = ["default_gatv2", "default_gatv2_lstm", "default_gatv2_lstm_s11", "default_gatv2_s7"]
+    cfgs = [load_config(c) for c in names]
+    speeds = {B.speed_key(c): SPEED for c in cfgs}
+    each = [B.run_minutes(c, 5, 2000, 390000, SPEED, 2) for c in cfgs]
+    kw = dict(models_dir=tmp_path, df=df, test_df=test_df, speeds=speeds)
+    assert [c["name"] for c in B.within_budget(cfgs, sum(each[:2]) + 0.1, **kw)] == names[:2]
+    out = capsys.readouterr().out
+    assert "2 of 4 members fit" in out and "default_gatv2_s7" in out and "left out" in out
+    assert [c["name"] for c in B.within_budget(cfgs, 1e9, **kw)] == names
+    assert [c["name"] for c in B.within_budget(cfgs, 1.0, **kw)] == names[:1]        # the first is always kept
+    # folds already trained cost nothing but their prediction passes: the third now fits
+    for f in range(5):
+        (tmp_path / "default_gatv2_lstm_s11").mkdir(exist_ok=True)
+        (tmp_path / "default_gatv2_lstm_s11" / f"fold{f}.pt").write_bytes(b"")
+    done = B.run_minutes(cfgs[2], 0, 2000, 390000, SPEED, 2)
+    kept = B.within_budget(cfgs, sum(each[:2]) + done + 0.1, **kw)
+    assert [c["name"] for c in kept] == names[:3]
+
+
+def test_a_student_of_a_member_left_out_is_left_out(on_cpu, tmp_path, capsys):
+    df, test_df = frames()
+    teacher = load_config("default_gatv2")
+    student = apply_overrides(load_config("smoke"), ["name=student", "train.pseudo_from=[default_gatv2]"])
+    cfgs = [load_config("default_gatv2_lstm"), teacher, student]
+    speeds = {B.speed_key(c): SPEED for c in cfgs}
+    kept = B.within_budget(cfgs, 1.0, models_dir=tmp_path, df=df, test_df=test_df, speeds=speeds)
+    assert [c["name"] for c in kept] == ["default_gatv2_lstm"]
+    assert "student: left out (its teacher is)" in capsys.readouterr().out
+
+
+def test_no_budget_on_a_gpu(monkeypatch, capsys):
+    monkeypatch.setattr(B, "get_device", lambda: torch.device("cuda"))
+    cfgs = [load_config("default_gatv2"), load_config("default_gatv2_s7")]
+    assert B.within_budget(cfgs, 1.0) == cfgs
+    assert "not applied on cuda" in capsys.readouterr().out
+
+
+def test_benchmark_measures_both_speeds_in_the_threads_asked(train_rows, tiny_cfg):
+    res = T.benchmark(tiny_cfg, n_graphs=8, passes=2, threads=1, df=pd.DataFrame(train_rows), verbose=False)
+    assert res["graphs"] == 8 and res["threads"] == 1
+    assert res["train_graphs_per_s"] > 0 and res["infer_graphs_per_s"] > 0
+
+
+def test_train_command_budget_selects_members_before_training(monkeypatch):
+    from openvaccine import cli
+    got = {}
+    monkeypatch.setattr(T, "train_runs", lambda cfgs: got.update(runs=[c["name"] for c in cfgs]))
+    monkeypatch.setattr(B, "within_budget", lambda cfgs, minutes: got.update(budget=minutes) or cfgs[:1])
+    cli.main(["train", "--config", "smoke", "default_gatv2", "--budget", "45"])
+    assert got == dict(budget=45.0, runs=["smoke"])
+    got.clear()
+    cli.main(["train", "--config", "smoke", "default_gatv2", "--budget", "0"])    # 0: no budget
+    assert got == dict(runs=["smoke", "default_gatv2"])
