@@ -25,12 +25,12 @@ def frames(n_good=80, n_noisy=15, n_usable_noisy=5, test_lengths=(107, 130, 130)
 
 def test_run_minutes_follows_its_formula():
     cfg = load_config("default_gatv2")                  # 5 folds, 13 epochs, 3 TTA structures
-    n, k, e = 1000, 5, 13
-    fold_s = e * ((n - n / k) / 40.0 + (n / k) / 200.0)
+    n, m, k, e = 1000, 1200, 5, 13
+    fold_s = e * ((n - n / k) / 40.0 + (n / k) / 200.0) + 3 * (m / k) / 200.0
     submit_s = k * 3 * 3634 * 126 / 107 / 200.0
-    got = B.run_minutes(cfg, 5, n, 3634 * 126, SPEED, jobs=2)
+    got = B.run_minutes(cfg, 5, n, m, 3634 * 126, SPEED, jobs=2)
     assert got == pytest.approx((5 * fold_s + submit_s) / 2 / 60)
-    assert B.run_minutes(cfg, 0, n, 3634 * 126, SPEED, jobs=2) == pytest.approx(submit_s / 2 / 60)
+    assert B.run_minutes(cfg, 0, n, m, 3634 * 126, SPEED, jobs=2) == pytest.approx(submit_s / 2 / 60)
 
 
 def test_usable_rows_and_speed_key():
@@ -46,7 +46,7 @@ def test_within_budget_keeps_members_in_order_while_they_fit(on_cpu, tmp_path, c
     names = ["default_gatv2", "default_gatv2_lstm", "default_gatv2_lstm_s11", "default_gatv2_s7"]
     cfgs = [load_config(c) for c in names]
     speeds = {B.speed_key(c): SPEED for c in cfgs}
-    each = [B.run_minutes(c, 5, 2000, 390000, SPEED, 2) for c in cfgs]
+    each = [B.run_minutes(c, 5, 2000, 2000, 390000, SPEED, 2) for c in cfgs]
     kw = dict(models_dir=tmp_path, df=df, test_df=test_df, speeds=speeds)
     assert [c["name"] for c in B.within_budget(cfgs, sum(each[:2]) + 0.1, **kw)] == names[:2]
     out = capsys.readouterr().out
@@ -57,7 +57,7 @@ def test_within_budget_keeps_members_in_order_while_they_fit(on_cpu, tmp_path, c
     for f in range(5):
         (tmp_path / "default_gatv2_lstm_s11").mkdir(exist_ok=True)
         (tmp_path / "default_gatv2_lstm_s11" / f"fold{f}.pt").write_bytes(b"")
-    done = B.run_minutes(cfgs[2], 0, 2000, 390000, SPEED, 2)
+    done = B.run_minutes(cfgs[2], 0, 2000, 2000, 390000, SPEED, 2)
     kept = B.within_budget(cfgs, sum(each[:2]) + done + 0.1, **kw)
     assert [c["name"] for c in kept] == names[:3]
 
