@@ -18,7 +18,7 @@ CONFIG ?=
 # default_gatv2 at 26 epochs and its BiLSTM at 34, default_gatv2_e26 and default_gatv2_lstm_e34 (7 min 10 s side by side
 # on one H200; 0.2330 as a pair, 0.2311 with the four CPU members, measured 2026-11-30; the twelve together not measured).
 # BUDGET (minutes; CPU only, 0 = none): `train --budget` measures this machine's training and inference speed for
-# each kind of member (~20 s) and keeps MEMBERS, in order, while their estimated minutes of training and of
+# each kind of member (~12 s a kind) and keeps MEMBERS, in order, while their estimated minutes of training and of
 # make submit's prediction passes add up to at most BUDGET (folding from a cold cache, a few minutes, comes on top).
 GPU := $(shell $(PYTHON) -c "import torch; print(int(torch.cuda.is_available()))" 2>/dev/null)
 MEMBERS ?= $(if $(filter 1,$(GPU)),default default_gatv2 wide pseudo_attn pseudo_attn2 pseudo_attn3_wide wide_drop0 default_gatv2_s7 default_gatv2_lstm default_gatv2_lstm_s11 default_gatv2_e26 default_gatv2_lstm_e34,default_gatv2_lstm default_gatv2 default_gatv2_lstm_s11 default_gatv2_s7)

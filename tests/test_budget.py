@@ -35,7 +35,7 @@ def test_run_minutes_follows_its_formula():
 
 def test_usable_rows_and_speed_key():
     df, _ = frames()
-    assert B.usable_rows(load_config("default_gatv2"), df) == 85       # SN_filter=1, or S/N >= 1.0
+    assert T.usable_rows(df, load_config("default_gatv2")["train"]).sum() == 85     # SN_filter=1, or S/N >= 1.0
     a, b = load_config("default_gatv2"), load_config("default_gatv2_s7")
     assert B.speed_key(a) == B.speed_key(b)                              # seeds run at one speed
     assert B.speed_key(a) != B.speed_key(load_config("default_gatv2_lstm"))

@@ -32,19 +32,14 @@ import pandas as pd
 
 from .data import load_test, load_train
 from .graphs import graph_params, tta_structures
-from .train import MODELS_DIR, benchmark, cpu_cores, fold_jobs, get_device, set_threads, unfinished_folds
+from .train import (MODELS_DIR, benchmark, cpu_cores, get_device, pool_jobs, set_threads, unfinished_folds,
+                    usable_rows)
 
 
 def speed_key(cfg: dict) -> str:
     """What a member's speed depends on: its model, its batch size and its precision (seeds do not)."""
     t = cfg["train"]
     return json.dumps([cfg["model"], t["batch_size"], bool(t.get("cpu_bf16"))], sort_keys=True, default=str)
-
-
-def usable_rows(cfg: dict, df: pd.DataFrame) -> int:
-    """Training molecules a run can use (``SN_filter`` = 1 or ``signal_to_noise`` >= ``train.min_sn``)."""
-    good = df["SN_filter"].to_numpy() == 1
-    return int((good | (df["signal_to_noise"].to_numpy() >= float(cfg["train"].get("min_sn", 1.0)))).sum())
 
 
 def run_minutes(cfg: dict, folds_left: int, n_usable: int, n_rows: int, test_nt: int, speed: dict, jobs: int,
@@ -77,7 +72,7 @@ def within_budget(cfgs: list[dict], minutes: float, models_dir=None, df: pd.Data
     test_df = load_test() if test_df is None else test_df
     test_nt = int(test_df["seq_length"].sum())
     left = {c.get("name", "run"): unfinished_folds(c, models_dir / c.get("name", "run")) for c in cfgs}
-    jobs = fold_jobs(cfgs[0]["train"], device, max(1, sum(len(v) for v in left.values())))
+    jobs = pool_jobs(cfgs, device, max(1, sum(len(v) for v in left.values())))
     speeds = dict(speeds or {})
     threads = max(1, cpu_cores() // jobs)
     kept, dropped, total, lines = [], set(), 0.0, []
@@ -90,7 +85,7 @@ def within_budget(cfgs: list[dict], minutes: float, models_dir=None, df: pd.Data
         key = speed_key(c)
         if key not in speeds:
             speeds[key] = benchmark(c, n_graphs=n, passes=passes, threads=threads, df=df, verbose=False)
-        est = run_minutes(c, len(left[name]), usable_rows(c, df), len(df), test_nt, speeds[key], jobs)
+        est = run_minutes(c, len(left[name]), int(usable_rows(df, c["train"]).sum()), len(df), test_nt, speeds[key], jobs)
         if kept and total + est > minutes:
             dropped.add(name)
             lines.append(f"  {name}: ~{est:.0f} min, left out ({total:.0f} + {est:.0f} > {minutes:g})")

@@ -152,6 +152,11 @@ def fold_settings(cfg: dict) -> tuple[int, int, float]:
 
 
 # ---------------------------------------------------------------- loss
+def usable_rows(df: pd.DataFrame, tcfg: dict) -> np.ndarray:
+    """The training molecules a run learns from: ``SN_filter`` = 1, or ``signal_to_noise`` >= ``train.min_sn``."""
+    return (df["SN_filter"].to_numpy() == 1) | (df["signal_to_noise"].to_numpy() >= float(tcfg.get("min_sn", 1.0)))
+
+
 def molecule_weight(sn: torch.Tensor, tcfg: dict) -> torch.Tensor:
     """Loss weight of a labelled molecule from its signal_to_noise: ``0.5 log(1.1 + SN)`` or 1."""
     if tcfg.get("sn_weight", "log") == "log":
@@ -513,7 +518,7 @@ def train_run(cfg: dict, run_name: str | None = None, df: pd.DataFrame | None = 
     folds = make_folds(df, k, fold_seed, similarity)
     sn = df["signal_to_noise"].to_numpy()
     good = df["SN_filter"].to_numpy() == 1
-    usable = good | (sn >= float(t.get("min_sn", 1.0)))
+    usable = usable_rows(df, t)
     oof, oof_tta = [None] * len(df), [None] * len(df)
     fold_reports = []
     t_run = time.perf_counter()
@@ -600,6 +605,11 @@ def fold_jobs(t: dict, device: torch.device, pending: int) -> int:
     return max(1, min(j, pending))
 
 
+def pool_jobs(cfgs: list[dict], device: torch.device, pending: int) -> int:
+    """Processes of the one pool that trains ``pending`` folds of the runs ``cfgs``: the fewest any of them asks for."""
+    return min([fold_jobs(c["train"], device, pending) for c in cfgs] or [1])
+
+
 def fold_threads(n: int, jobs: int, cores: int) -> list[int]:
     """Torch threads for each of ``n`` folds started ``jobs`` at a time: the cores shared by the folds
     of its round (a short last round gets more threads each)."""
@@ -665,7 +675,7 @@ def train_runs(cfgs: list[dict], models_dir: Path | str | None = None, progress:
             for ck_path in sorted((models_dir / n).glob("fold*.pt")):
                 check_fingerprints(torch.load(ck_path, weights_only=False, map_location="cpu"), fps, models_dir / n)
         tasks = [(c, n, f) for c, n in shared for f in unfinished_folds(c, models_dir / n)]
-        jobs = min([fold_jobs(c["train"], device, len(tasks)) for c, _ in shared] or [1])
+        jobs = pool_jobs([c for c, _ in shared], device, len(tasks))
         if jobs > 1:
             teachers = any(c["train"].get("pseudo_from") for c, _, _ in tasks)
             test_df = load_test() if teachers and test_df is None else test_df
