@@ -5,8 +5,8 @@ import pandas as pd
 import pytest
 import torch
 
-from openvaccine import train as T
-from openvaccine.config import CONFIG_DIR, apply_overrides, load_config
+from openvaccine import cli, train as T
+from openvaccine.config import CONFIG_DIR, ConfigError, apply_overrides, load_config
 from openvaccine.graphs import NUM_EDGE_FEATURES, NUM_NODE_FEATURES, build_graphs
 from openvaccine.models import CONVS, build_model
 
@@ -21,6 +21,23 @@ def test_config_inheritance_and_overrides():
     assert cfg["train"]["folds"] == 5                     # inherited from default.yaml
     with pytest.raises(ValueError, match="key=value"):
         apply_overrides(cfg, ["model.hidden"])
+
+
+def test_unknown_config_keys_are_errors_naming_the_file_and_key(tmp_path, capsys):
+    with pytest.raises(ConfigError, match=r"smoke.yaml with overrides train.epoch=5: unknown key 'train.epoch' "
+                                          r"\(did you mean 'epochs'\?\)"):
+        load_config("smoke", ["train.epoch=5"])
+    bad = tmp_path / "bad.yaml"                     # a comment's continuation line that lost its '#'
+    bad.write_text(f"# a student of the pair, on its folds\nteacher's run: 0.2355\nbase: {CONFIG_DIR / 'smoke.yaml'}\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: unknown key \"teacher's run\""):
+        load_config(bad)
+    bad.write_text(f"base: {CONFIG_DIR / 'smoke.yaml'}\nmodel: 3\n")
+    with pytest.raises(ConfigError, match="'model' must be a section"):
+        load_config(bad)
+    good = load_config("smoke", ["train.pseudo_from=[default_gatv2]", "train.fold_seed=3"])   # optional keys
+    assert good["train"]["fold_seed"] == 3
+    with pytest.raises(SystemExit, match="openvaccine train: error: .*unknown key 'model.hiden'"):
+        cli.main(["train", "--config", "smoke", "model.hiden=8"])
 
 
 @pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*.yaml")), ids=lambda p: p.stem)
@@ -498,7 +515,6 @@ def test_cpu_bf16_runs_train_and_predict_in_bfloat16_where_the_cpu_has_it(train_
 
 
 def test_train_command_takes_several_configs_and_their_overrides(monkeypatch):
-    from openvaccine import cli
     got = {}
     monkeypatch.setattr(T, "train_runs", lambda cfgs: got.update(runs=cfgs))
     monkeypatch.setattr(T, "train_run", lambda cfg, run_name=None: got.update(run=(cfg, run_name)))

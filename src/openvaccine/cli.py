@@ -10,7 +10,8 @@ import json
 import sys
 import time
 
-from .config import load_config
+from .config import ConfigError, load_config
+from .data import DataError
 
 
 def _cfg(args):
@@ -189,7 +190,10 @@ def main(argv=None):
     p.add_argument("--passes", type=int, default=1, help="timed passes after the warm-up (the fastest counts)")
     p.set_defaults(fn=cmd_bench)
     args = ap.parse_args(argv)
-    args.fn(args)
+    try:
+        args.fn(args)
+    except (ConfigError, DataError, FileNotFoundError) as e:     # the user's input: one line, no traceback
+        sys.exit(f"openvaccine {args.cmd}: error: {e}")
 
 
 if __name__ == "__main__":

@@ -1,11 +1,15 @@
 """One config system: YAML files under ``configs/`` plus ``key.sub=value`` command-line overrides.
 
 A config file may name a parent with ``base: other.yaml`` (resolved relative to the file); the
-child's keys are merged over the parent's, recursively.
+child's keys are merged over the parent's, recursively. The merged config may hold only the keys
+``configs/default.yaml`` spells out, plus the few optional ones in :data:`OPTIONAL_KEYS`: a typo
+(``train.epoch=5``, a comment line missing its ``#``) is an error naming the file and the key, not
+a setting silently ignored.
 """
 from __future__ import annotations
 
 import copy
+import difflib
 import hashlib
 import json
 import os
@@ -21,6 +25,10 @@ CONFIG_DIR = ROOT / "configs"
 
 class ConfigError(ValueError):
     pass
+
+
+# Keys a config may set that configs/default.yaml leaves out (they are off unless set).
+OPTIONAL_KEYS = {"train": {"fold_seed", "pretrain", "pseudo_from", "pseudo_frac", "pseudo_weight", "only_folds"}}
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -43,17 +51,57 @@ def resolve_path(name: str | Path) -> Path:
 
 
 def load_config(name: str | Path, overrides: Iterable[str] = ()) -> dict:
+    """The config ``name`` (its ``base`` chain merged) with ``overrides`` applied; unknown keys raise."""
     path = resolve_path(name)
+    cfg = _load_merged(path)
+    check_keys(cfg, where=str(path))
+    overrides = list(overrides)
+    cfg = apply_overrides(cfg, overrides)
+    if overrides:
+        check_keys(cfg, where=f"{path} with overrides {' '.join(overrides)}")
+    cfg.setdefault("name", path.stem)
+    return cfg
+
+
+def _load_merged(path: Path) -> dict:
     with open(path) as fh:
         cfg = yaml.safe_load(fh) or {}
     if not isinstance(cfg, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
     parent = cfg.pop("base", None)
     if parent:
-        cfg = _merge(load_config(path.parent / parent), cfg)
-    cfg = apply_overrides(cfg, overrides)
-    cfg.setdefault("name", path.stem)
+        cfg = _merge(_load_merged(path.parent / parent), cfg)
     return cfg
+
+
+def known_keys() -> dict[str, set[str]]:
+    """Section → keys a config may hold (``""``: top-level scalars), from ``configs/default.yaml``."""
+    with open(CONFIG_DIR / "default.yaml") as fh:
+        default = yaml.safe_load(fh)
+    known = {"": {k for k, v in default.items() if not isinstance(v, dict)}}
+    for section, keys in default.items():
+        if isinstance(keys, dict):
+            known[section] = set(keys) | OPTIONAL_KEYS.get(section, set())
+    return known
+
+
+def check_keys(cfg: dict, where: str) -> None:
+    """Raise :class:`ConfigError` naming ``where`` and the first key ``configs/default.yaml`` does not know."""
+    known = known_keys()
+    for key, value in cfg.items():
+        if key in known and key:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: {key!r} must be a section (a mapping), got {value!r}")
+            for sub in value:
+                if sub not in known[key]:
+                    raise ConfigError(f"{where}: unknown key '{key}.{sub}'{_did_you_mean(sub, known[key])}")
+        elif key not in known[""]:
+            raise ConfigError(f"{where}: unknown key {key!r}{_did_you_mean(key, set(known) - {''} | known[''])}")
+
+
+def _did_you_mean(key: str, options: set[str]) -> str:
+    close = difflib.get_close_matches(str(key), sorted(options), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(sorted(options))})"
 
 
 def apply_overrides(cfg: dict, overrides: Iterable[str]) -> dict:
