@@ -31,6 +31,11 @@ def test_run_minutes_follows_its_formula():
     got = B.run_minutes(cfg, 5, n, m, 3634 * 126, SPEED, jobs=2)
     assert got == pytest.approx((5 * fold_s + submit_s) / 2 / 60)
     assert B.run_minutes(cfg, 0, n, m, 3634 * 126, SPEED, jobs=2) == pytest.approx(submit_s / 2 / 60)
+    student = load_config("default_gatv2_lstm_pseudo")  # 17 epochs, a quarter of the test each, 2 teachers
+    e, tg = 17, 3634 * 126 / 107
+    fold_s = e * ((n - n / k) / 40.0 + (n / k) / 200.0) + 3 * (m / k) / 200.0 + e * 0.25 * tg / 40.0 + 2 * 3 * tg / 200.0
+    got = B.run_minutes(student, 5, n, m, 3634 * 126, SPEED, jobs=2)
+    assert got == pytest.approx((5 * fold_s + submit_s) / 2 / 60)
 
 
 def test_usable_rows_and_speed_key():

@@ -305,6 +305,26 @@ def test_packed_and_unpacked_rnn_paths_agree(train_rows):
         build_model(load_config("smoke", ["model.rnn=rnn"]), NUM_NODE_FEATURES, NUM_EDGE_FEATURES)
 
 
+@pytest.mark.parametrize("lengths", [[9, 9, 5, 9, 5], [9, 8, 7, 6, 5, 4]], ids=["two-lengths", "six-lengths"])
+def test_rnn_over_mixed_lengths_equals_each_molecule_alone(lengths):
+    """Two lengths run as one dense batch per length, many are packed: either way each molecule's
+    outputs and gradients are those of the molecule run alone, and the padding is zero."""
+    torch.manual_seed(0)
+    m = build_model(load_config("smoke", ["model.rnn=lstm", "model.gru_layers=2", "model.hidden=8"]),
+                    NUM_NODE_FEATURES, NUM_EDGE_FEATURES).eval()
+    n = max(lengths)
+    mask = torch.arange(n)[None] < torch.tensor(lengths)[:, None]
+    dense = (torch.randn(len(lengths), n, 8) * mask[..., None]).requires_grad_()
+    out = m._rnn(dense, mask)
+    grad = torch.autograd.grad((out * torch.linspace(-1, 1, out.size(-1))).sum(), dense)[0]
+    assert out.shape == (len(lengths), n, 16) and not out[~mask].any()
+    for i, k in enumerate(lengths):
+        x = dense[i:i + 1, :k].detach().requires_grad_()
+        alone = m.gru(x)[0]
+        g = torch.autograd.grad((alone * torch.linspace(-1, 1, alone.size(-1))).sum(), x)[0]
+        assert torch.allclose(out[i, :k], alone[0], atol=1e-6) and torch.allclose(grad[i, :k], g[0], atol=1e-6)
+
+
 def test_structure_augmentation_mixes_variants_per_epoch():
     rng = np.random.default_rng(0)
     given, alt1, alt2 = list(range(0, 1000)), list(range(1000, 2000)), list(range(2000, 3000))
