@@ -22,9 +22,9 @@ only shortens it), :math:`N_\\text{val} = N/K` and :math:`N_\\text{train} = N - 
 :math:`M/K` of all :math:`M` training molecules for its OOF predictions, and ``make submit``'s test
 molecules, per fold, with lengths scaled from the measured molecules' to the test molecules'),
 and :math:`J` the processes sharing the cores. A pseudo-labelled student's fold adds
-:math:`E\,f\,N_\text{test}\bar L_\text{test}/(v_\text{train}\bar L_\text{bench})` for the share
+:math:`E\\,f\\,N_\\text{test}\\bar L_\\text{test}/(v_\\text{train}\\bar L_\\text{bench})` for the share
 :math:`f` (``train.pseudo_frac``) of the test molecules in each epoch and
-:math:`T\,S\,N_\text{test}\bar L_\text{test}/(v_\text{infer}\bar L_\text{bench})` for its
+:math:`T\\,S\\,N_\\text{test}\\bar L_\\text{test}/(v_\\text{infer}\\bar L_\\text{bench})` for its
 :math:`T` teachers' labels. Folding and graph building (a few minutes from a cold cache) are not in it.
 """
 from __future__ import annotations
@@ -51,12 +51,12 @@ def run_minutes(cfg: dict, folds_left: int, n_usable: int, n_rows: int, test_nt:
     t = cfg["train"]
     k, epochs, s = int(t["folds"]), int(t["epochs"]), len(tta_structures(graph_params(cfg)))
     n_val, v_train, v_infer = n_usable / k, speed["train_graphs_per_s"], speed["infer_graphs_per_s"]
+    test_graphs = test_nt / bench_length          # the test molecules in measured molecules' lengths
     fold_s = epochs * ((n_usable - n_val) / v_train + n_val / v_infer) + s * n_rows / k / v_infer
     teachers = t.get("pseudo_from") or []
     if teachers:                         # a student: its teachers label the test molecules, a share joins each epoch
-        test_graphs = test_nt / bench_length
         fold_s += epochs * float(t.get("pseudo_frac", 0.25)) * test_graphs / v_train + len(teachers) * s * test_graphs / v_infer
-    submit_s = k * s * test_nt / bench_length / v_infer
+    submit_s = k * s * test_graphs / v_infer
     return (folds_left * fold_s + submit_s) / jobs / 60.0
 
 
