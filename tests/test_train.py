@@ -23,7 +23,7 @@ def test_config_inheritance_and_overrides():
         apply_overrides(cfg, ["model.hidden"])
 
 
-def test_unknown_config_keys_are_errors_naming_the_file_and_key(tmp_path, capsys):
+def test_unknown_config_keys_are_errors_naming_the_file_and_key(tmp_path):
     with pytest.raises(ConfigError, match=r"smoke.yaml with overrides train.epoch=5: unknown key 'train.epoch' "
                                           r"\(did you mean 'epochs'\?\)"):
         load_config("smoke", ["train.epoch=5"])

@@ -11,7 +11,6 @@ import sys
 import time
 
 from .config import ConfigError, load_config
-from .data import DataError
 
 
 def _cfg(args):
@@ -192,8 +191,11 @@ def main(argv=None):
     args = ap.parse_args(argv)
     try:
         args.fn(args)
-    except (ConfigError, DataError, FileNotFoundError) as e:     # the user's input: one line, no traceback
-        sys.exit(f"openvaccine {args.cmd}: error: {e}")
+    except Exception as e:
+        from .data import DataError          # here, not at start-up: it imports pandas (~0.5 s)
+        if not isinstance(e, (ConfigError, DataError, FileNotFoundError)):
+            raise
+        sys.exit(f"openvaccine {args.cmd}: error: {e}")          # the user's input: one line, no traceback
 
 
 if __name__ == "__main__":

@@ -125,11 +125,13 @@ class DegradationGNN(nn.Module):
             packed = nn.utils.rnn.pack_padded_sequence(dense, lengths.cpu(), batch_first=True, enforce_sorted=False)
             return nn.utils.rnn.pad_packed_sequence(self.gru(packed)[0], batch_first=True,
                                                     total_length=dense.size(1))[0]
-        runs = [(rows, self.gru(dense[rows, :n])[0]) for n in sizes.tolist()
-                for rows in [(lengths == n).nonzero().squeeze(1)]]
-        out = runs[0][1].new_zeros(dense.size(0), dense.size(1), runs[0][1].size(-1))
-        for rows, h in runs:
-            out[rows, :h.size(1)] = h
+        out = None
+        for n in sizes.tolist():
+            rows = (lengths == n).nonzero().squeeze(1)
+            h = self.gru(dense[rows, :n])[0]
+            if out is None:                                    # the RNN's width and (autocast) dtype
+                out = h.new_zeros(dense.size(0), dense.size(1), h.size(-1))
+            out[rows, :n] = h
         return out
 
 
