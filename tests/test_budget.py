@@ -31,11 +31,24 @@ def test_run_minutes_follows_its_formula():
     got = B.run_minutes(cfg, 5, n, m, 3634 * 126, SPEED, jobs=2)
     assert got == pytest.approx((5 * fold_s + submit_s) / 2 / 60)
     assert B.run_minutes(cfg, 0, n, m, 3634 * 126, SPEED, jobs=2) == pytest.approx(submit_s / 2 / 60)
-    student = load_config("default_gatv2_lstm_pseudo")  # 17 epochs, a quarter of the test each, 2 teachers
-    e, tg = 17, 3634 * 126 / 107
-    fold_s = e * ((n - n / k) / 40.0 + (n / k) / 200.0) + 3 * (m / k) / 200.0 + e * 0.25 * tg / 40.0 + 2 * 3 * tg / 200.0
-    got = B.run_minutes(student, 5, n, m, 3634 * 126, SPEED, jobs=2)
+    student = load_config("default_gatv2_lstm_pseudo")  # 17 epochs, a quarter of the test molecules in each
+    e = 17                                              # (its teachers' labels: their own submit passes, kept)
+    fold_s = e * ((n - n / k + 0.25 * 3634) / 40.0 + (n / k) / 200.0) + 3 * (m / k) / 200.0
+    got = B.run_minutes(student, 5, n, m, 3634 * 126, SPEED, jobs=2, n_test=3634)
     assert got == pytest.approx((5 * fold_s + submit_s) / 2 / 60)
+
+
+def test_a_students_speed_is_measured_on_its_epochs_mix(train_rows, test_rows, tiny_cfg):
+    student = apply_overrides(tiny_cfg, ["train.pseudo_from=[tiny]", "train.pseudo_frac=0.5"])
+    test_df = pd.DataFrame(test_rows * 10)
+    assert B.student_mix(tiny_cfg, 8, 100, test_df) is None
+    mix = B.student_mix(student, 8, 100, test_df)        # 8 * 0.5 * len(test) / (100 * (1 - 1/2)) molecules
+    assert len(mix) == round(8 * 0.5 * len(test_df) / 50) and set(mix.index) <= set(test_df.index)
+    assert mix.equals(B.student_mix(student, 8, 100, test_df))                      # a fixed sample
+    res = T.benchmark(student, n_graphs=8, passes=1, threads=1, df=pd.DataFrame(train_rows), verbose=False,
+                      pseudo_df=mix.head(3))
+    assert res["graphs"] == 8 and res["pseudo_graphs"] == 3 and res["train_graphs_per_s"] > 0
+    assert B.speed_key(student) != B.speed_key(tiny_cfg)
 
 
 def test_usable_rows_and_speed_key():
@@ -75,7 +88,11 @@ def test_a_student_of_a_member_left_out_is_left_out(on_cpu, tmp_path, capsys):
     speeds = {B.speed_key(c): SPEED for c in cfgs}
     kept = B.within_budget(cfgs, 1.0, models_dir=tmp_path, df=df, test_df=test_df, speeds=speeds)
     assert [c["name"] for c in kept] == ["default_gatv2_lstm"]
-    assert "student: left out (its teacher is)" in capsys.readouterr().out
+    assert "student: left out (a run it learns from is)" in capsys.readouterr().out
+    tuned = apply_overrides(load_config("smoke"), ["name=tuned", "train.init_from=default_gatv2"])   # started from it
+    kept = B.within_budget(cfgs[:2] + [tuned], 1.0, models_dir=tmp_path, df=df, test_df=test_df, speeds=speeds)
+    assert [c["name"] for c in kept] == ["default_gatv2_lstm"]
+    assert "tuned: left out (a run it learns from is)" in capsys.readouterr().out
 
 
 def test_no_budget_on_a_gpu(monkeypatch, capsys):

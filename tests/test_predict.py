@@ -140,6 +140,42 @@ def test_prediction_passes_in_processes_match_passes_here(trained, test_rows, tm
         np.testing.assert_allclose(a, b, atol=atol)
 
 
+def test_fold_predictions_are_kept_reused_and_refused_once_stale(trained, test_rows, tmp_path, monkeypatch):
+    import openvaccine.predict as P
+    import openvaccine.train as T
+    from openvaccine.graphs import tta_structures
+    d, run, train_df = trained
+    shutil.copytree(d / run, tmp_path / "a", ignore=shutil.ignore_patterns("predictions"))
+    runs = load_runs(models_dir=tmp_path)
+    df, w = pd.DataFrame(test_rows), {"a": dict.fromkeys(TARGETS, 1.0)}
+    fp, sts, fold = T.data_fingerprint(df), tta_structures(runs[0].graph), lambda k: tmp_path / "a" / f"fold{k}.pt"
+    fresh = ensemble_predict(runs, df, weights=w, progress=False, jobs=1)
+    kept = ensemble_predict(runs, df, weights=w, progress=False, jobs=1, keep=True)
+    files = sorted(p.name for p in (tmp_path / "a" / "predictions").glob("*.npz"))
+    assert files == [f"fold{k}-{'+'.join(sts)}-{fp}.npz" for k in range(2)]
+    per_fold = [T.load_fold_prediction(fold(k), sts, fp) for k in range(2)]
+    assert [len(q) for q in per_fold[0]] == list(df["seq_length"])
+    for a, b, f0, f1 in zip(fresh, kept, *per_fold):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+        np.testing.assert_allclose(a, (f0 + f1) / 2, atol=1e-6)          # the folds' mean
+    monkeypatch.setattr(P, "_pass_predictions", lambda tasks, *a: iter(()) if not tasks else 1 / 0)
+    again = ensemble_predict(runs, df, weights=w, progress=False, keep=True)      # no pass runs
+    for a, b in zip(kept, again):
+        np.testing.assert_array_equal(a, b)
+    # a teacher's labels for a fold are that fold's kept prediction (and are kept when made)
+    monkeypatch.setattr(T, "tta_predict", lambda *a, **k: 1 / 0)
+    ck1 = torch.load(fold(1), weights_only=False)
+    labels, _ = T.teacher_labels(["a"], 1, ck1["oof_index"], ck1["fingerprints"]["data"], df, tmp_path, progress=False)
+    for a, b in zip(labels, per_fold[1]):
+        np.testing.assert_array_equal(a, b)
+    other = T.data_fingerprint(df.assign(sequence=df["sequence"].str.replace("A", "G", n=1)))
+    assert T.load_fold_prediction(fold(1), sts, other) is None                  # other molecules
+    ck0 = torch.load(fold(0), weights_only=False)
+    ck0["score"] += 1e-3
+    torch.save(ck0, fold(0))                                          # the fold retrained: its prediction is stale
+    assert T.load_fold_prediction(fold(0), sts, fp) is None and T.load_fold_prediction(fold(1), sts, fp) is not None
+
+
 def test_prediction_processes_follow_the_cores_and_the_work():
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
     assert prediction_jobs(cpu, passes=60, molecules=3634, cores=2) == 2

@@ -196,7 +196,7 @@ def test_folds_side_by_side_match_a_sequential_run(trained, tiny_cfg, test_rows,
     assert (tmp_path / run / "oof.npz").is_file()
     # a fold that fails in its own process is an error naming the run, the fold and the cause
     bad = apply_overrides(tiny_cfg, ["train.jobs=2", "train.pseudo_from=[nope]"])
-    with pytest.raises(RuntimeError, match=r"bad: fold \d failed in its process: .*teacher run 'nope'"):
+    with pytest.raises(RuntimeError, match=r"bad: fold \d failed in its process: .*train.pseudo_from: run 'nope' has no fold"):
         T.train_run(bad, run_name="bad", df=df, models_dir=tmp_path, progress=False, test_df=pd.DataFrame(test_rows))
     assert not list((tmp_path / "bad").glob("fold*.pt"))
 
@@ -224,6 +224,8 @@ def test_several_runs_share_one_pool_and_students_wait_for_their_teachers(traine
     assert all((tmp_path / n / "cv.json").is_file() for n in ("student", run, "other"))
     with pytest.raises(ValueError, match=r"the runs \['a', 'b'\] wait for one another"):
         T.train_runs([cfg("a", "train.pseudo_from=[b]"), cfg("b", "train.pseudo_from=[a]")], models_dir=tmp_path, df=df)
+    with pytest.raises(ValueError, match=r"the runs \['a', 'b'\] wait for one another"):
+        T.train_runs([cfg("a", "train.init_from=b"), cfg("b", "train.pseudo_from=[a]")], models_dir=tmp_path, df=df)
     with pytest.raises(ValueError, match="runs named twice"):
         T.train_runs([cfg("a"), cfg("a")], models_dir=tmp_path, df=df)
     # a run folder of another config stops the call before any other run's fold trains
@@ -430,6 +432,44 @@ def test_pseudo_labels_refuse_a_teacher_with_other_folds(trained, tiny_cfg, test
         with pytest.raises(RuntimeError, match=msg):
             T.train_run(cfg, run_name="student", df=df, models_dir=tmp_path, progress=False,
                         test_df=pd.DataFrame(test_rows))
+
+
+def test_init_from_starts_each_fold_from_that_runs_same_fold(trained, tiny_cfg, tmp_path, monkeypatch):
+    import shutil
+    d, base_run, df = trained
+    shutil.copytree(d / base_run, tmp_path / base_run)
+    seen = {}
+    real = T.train_fold
+
+    def spy(cfg, tr, va, fold, device, progress=True, pseudo_g=None, init_state=None, **kw):
+        seen[fold] = init_state
+        return real(cfg, tr, va, fold, device, progress, pseudo_g=pseudo_g, init_state=init_state, **kw)
+    monkeypatch.setattr(T, "train_fold", spy)
+    base = json.loads(json.dumps(tiny_cfg))
+    cfg = apply_overrides(base, [f"train.init_from={base_run}", "seed=5", f"train.fold_seed={tiny_cfg['seed']}",
+                                 "train.lr=0"])                        # no step moves the weights it starts from
+    T.train_run(cfg, run_name="tuned", df=df, models_dir=tmp_path, progress=False)
+    for f in (0, 1):
+        start = torch.load(tmp_path / base_run / f"fold{f}.pt", weights_only=False)
+        tuned = torch.load(tmp_path / "tuned" / f"fold{f}.pt", weights_only=False)
+        assert seen[f].keys() == start["state_dict"].keys()
+        for k, v in start["state_dict"].items():
+            assert torch.equal(seen[f][k], v)
+            if v.dtype.is_floating_point and "running" not in k:     # batch-norm statistics still move
+                assert torch.equal(tuned["state_dict"][k], v), k
+        np.testing.assert_array_equal(tuned["oof_index"], start["oof_index"])
+        assert tuned["started_from"] == {base_run: start["fingerprints"]}
+    assert "| tuned | " in T.experiments_table(tmp_path) and f"(starts from {base_run})" in T.experiments_table(tmp_path)
+    assert T.upstream_runs(cfg) == {base_run}
+    assert T.upstream_runs(apply_overrides(cfg, ["train.pseudo_from=[a, b]"])) == {base_run, "a", "b"}
+    for over, msg in ((["train.fold_seed=3"], "train.init_from: .* held out other molecules"),
+                      (["train.init_from=nope"], "train.init_from: run 'nope' has no fold 0"),
+                      (["model.hidden=8"], "another model or other features")):
+        bad = apply_overrides(cfg, ["train.only_folds=[0]"] + over)
+        with pytest.raises(RuntimeError, match=msg):
+            T.train_run(bad, run_name="tuned2", df=df, models_dir=tmp_path, progress=False)
+    with pytest.raises(ValueError, match="train.init_from and train.pretrain"):
+        T.train_run(apply_overrides(cfg, ["train.pretrain={epochs: 1}"]), run_name="tuned3", df=df, models_dir=tmp_path)
 
 
 def test_options_added_later_leave_older_runs_fingerprints_alone(train_rows):

@@ -21,11 +21,14 @@ only shortens it), :math:`N_\\text{val} = N/K` and :math:`N_\\text{train} = N - 
 :math:`N` usable training molecules, :math:`S` the structures each molecule is predicted on (a fold's
 :math:`M/K` of all :math:`M` training molecules for its OOF predictions, and ``make submit``'s test
 molecules, per fold, with lengths scaled from the measured molecules' to the test molecules'),
-and :math:`J` the processes sharing the cores. A pseudo-labelled student's fold adds
-:math:`E\\,f\\,N_\\text{test}\\bar L_\\text{test}/(v_\\text{train}\\bar L_\\text{bench})` for the share
-:math:`f` (``train.pseudo_frac``) of the test molecules in each epoch and
-:math:`T\\,S\\,N_\\text{test}\\bar L_\\text{test}/(v_\\text{infer}\\bar L_\\text{bench})` for its
-:math:`T` teachers' labels. Folding and graph building (a few minutes from a cold cache) are not in it.
+and :math:`J` the processes sharing the cores. A pseudo-labelled student's epochs also hold the share
+:math:`f` (``train.pseudo_frac``) of the :math:`N_\\text{test}` test molecules:
+:math:`N_\\text{train} + f N_\\text{test}` molecules an epoch, its :math:`v_\\text{train}` measured on
+training molecules mixed with test molecules in that proportion (two lengths in a batch train slower
+per base than one: the Xeon's student ran ~30 % over an estimate scaled from 107-nt speed). Its
+teachers' labels are their folds' test predictions, kept (:func:`~openvaccine.train.save_fold_prediction`)
+and taken by ``make submit``: counted once, in the teachers' own terms. Folding and graph building
+(a few minutes from a cold cache) are not in it.
 """
 from __future__ import annotations
 
@@ -35,29 +38,45 @@ import pandas as pd
 
 from .data import load_test, load_train
 from .graphs import graph_params, tta_structures
-from .train import (MODELS_DIR, benchmark, cpu_cores, get_device, pool_jobs, set_threads, unfinished_folds,
+from .train import (MODELS_DIR, benchmark, cpu_cores, get_device, pool_jobs, set_threads, unfinished_folds, upstream_runs,
                     usable_rows)
 
 
 def speed_key(cfg: dict) -> str:
-    """What a member's speed depends on: its model, its batch size and its precision (seeds do not)."""
+    """What a member's speed depends on: its model, its batch size, its precision and, for a student, the share
+    of pseudo-labelled test molecules in its epochs (seeds do not)."""
     t = cfg["train"]
-    return json.dumps([cfg["model"], t["batch_size"], bool(t.get("cpu_bf16"))], sort_keys=True, default=str)
+    return json.dumps([cfg["model"], t["batch_size"], bool(t.get("cpu_bf16")), pseudo_share(cfg)], sort_keys=True,
+                      default=str)
+
+
+def pseudo_share(cfg: dict) -> float:
+    """``train.pseudo_frac`` for a student (``train.pseudo_from``), else 0."""
+    t = cfg["train"]
+    return float(t.get("pseudo_frac", 0.25)) if t.get("pseudo_from") else 0.0
 
 
 def run_minutes(cfg: dict, folds_left: int, n_usable: int, n_rows: int, test_nt: int, speed: dict, jobs: int,
-                bench_length: float = 107.0) -> float:
-    """Estimated minutes a run adds to ``make train && make submit`` on ``jobs`` processes (module docstring)."""
+                bench_length: float = 107.0, n_test: int = 0) -> float:
+    """Estimated minutes a run adds to ``make train && make submit`` on ``jobs`` processes (module docstring);
+    ``n_test``: the test molecules, a share of which joins a student's epochs."""
     t = cfg["train"]
     k, epochs, s = int(t["folds"]), int(t["epochs"]), len(tta_structures(graph_params(cfg)))
     n_val, v_train, v_infer = n_usable / k, speed["train_graphs_per_s"], speed["infer_graphs_per_s"]
-    test_graphs = test_nt / bench_length          # the test molecules in measured molecules' lengths
-    fold_s = epochs * ((n_usable - n_val) / v_train + n_val / v_infer) + s * n_rows / k / v_infer
-    teachers = t.get("pseudo_from") or []
-    if teachers:                         # a student: its teachers label the test molecules, a share joins each epoch
-        fold_s += epochs * float(t.get("pseudo_frac", 0.25)) * test_graphs / v_train + len(teachers) * s * test_graphs / v_infer
-    submit_s = k * s * test_graphs / v_infer
+    n_epoch = n_usable - n_val + pseudo_share(cfg) * n_test     # a student's speed is measured on that mix
+    fold_s = epochs * (n_epoch / v_train + n_val / v_infer) + s * n_rows / k / v_infer
+    submit_s = k * s * test_nt / bench_length / v_infer    # the test molecules in measured molecules' lengths
     return (folds_left * fold_s + submit_s) / jobs / 60.0
+
+
+def student_mix(cfg: dict, n: int, n_usable: int, test_df: pd.DataFrame) -> pd.DataFrame | None:
+    """The test molecules a student's speed is measured with beside ``n`` training molecules: as many as
+    its epochs hold per training molecule (a fixed sample), or None for a member without teachers."""
+    share = pseudo_share(cfg)
+    if not share:
+        return None
+    m = round(n * share * len(test_df) / (n_usable * (1 - 1 / int(cfg["train"]["folds"]))))
+    return test_df.sample(min(m, len(test_df)), random_state=0)
 
 
 def within_budget(cfgs: list[dict], minutes: float, models_dir=None, df: pd.DataFrame | None = None,
@@ -65,7 +84,7 @@ def within_budget(cfgs: list[dict], minutes: float, models_dir=None, df: pd.Data
                   speeds: dict | None = None, verbose: bool = True) -> list[dict]:
     """The members of ``cfgs`` (in order) whose estimated minutes, added up, fit in ``minutes``.
 
-    The first member is always kept; a member taught by a member left out (``train.pseudo_from``) is
+    The first member is always kept; a member taught by a member left out, or started from one (``train.pseudo_from``, ``init_from``), is
     left out too. ``speeds`` (:func:`speed_key` → :func:`~openvaccine.train.benchmark` result) skips
     the measurement. On a GPU, where folds share one device, the estimate does not hold: every
     member is kept."""
@@ -85,14 +104,16 @@ def within_budget(cfgs: list[dict], minutes: float, models_dir=None, df: pd.Data
     kept, dropped, total, lines = [], set(), 0.0, []
     for c in cfgs:
         name = c.get("name", "run")
-        if set(c["train"].get("pseudo_from") or []) & dropped:
+        if upstream_runs(c) & dropped:
             dropped.add(name)
-            lines.append(f"  {name}: left out (its teacher is)")
+            lines.append(f"  {name}: left out (a run it learns from is)")
             continue
         key = speed_key(c)
+        n_usable = int(usable_rows(df, c["train"]).sum())
         if key not in speeds:
-            speeds[key] = benchmark(c, n_graphs=n, passes=passes, threads=threads, df=df, verbose=False)
-        est = run_minutes(c, len(left[name]), int(usable_rows(df, c["train"]).sum()), len(df), test_nt, speeds[key], jobs)
+            speeds[key] = benchmark(c, n_graphs=n, passes=passes, threads=threads, df=df, verbose=False,
+                                    pseudo_df=student_mix(c, n, n_usable, test_df))
+        est = run_minutes(c, len(left[name]), n_usable, len(df), test_nt, speeds[key], jobs, n_test=len(test_df))
         if kept and total + est > minutes:
             dropped.add(name)
             lines.append(f"  {name}: ~{est:.0f} min, left out ({total:.0f} + {est:.0f} > {minutes:g})")

@@ -27,10 +27,10 @@ from tqdm.auto import tqdm
 
 from . import TARGETS
 from .config import ROOT, atomic_path
-from .data import DataError, load_sample_submission, load_test, load_train, normalise_sequence, pair_table
+from .data import DataError, data_fingerprint, load_sample_submission, load_test, load_train, normalise_sequence, pair_table
 from .graphs import build_graphs, feature_key, graph_params, tta_structures
-from .train import (MODELS_DIR, cpu_cores, fold_settings, get_device, load_model, mcrmse, predict_graphs,
-                    set_threads)
+from .train import (MODELS_DIR, cpu_cores, fold_settings, get_device, load_fold_prediction, load_model, mcrmse,
+                    predict_graphs, save_fold_prediction, set_threads)
 
 SUBMISSIONS_DIR = ROOT / "submissions"
 SUBMISSION_COLUMNS = ["id_seqpos"] + TARGETS
@@ -242,35 +242,53 @@ def blend_report(names: list[str] | None = None, runs: list[Run] | None = None,
 
 
 def ensemble_predict(runs: list[Run], df: pd.DataFrame, tta: bool = True, weights: dict | None = None,
-                     progress: bool = True, jobs: int | None = None) -> list[np.ndarray]:
+                     progress: bool = True, jobs: int | None = None, keep: bool = False) -> list[np.ndarray]:
     """Blend of the runs' fold-averaged predictions (``weights``: run → target → w; default OOF-fitted).
 
     Every fold of every run predicts every structure (with ``tta``: :func:`tta_structures`), each
     such pass on graphs built once per feature set; ``jobs`` processes share the passes
-    (default :func:`prediction_jobs`)."""
+    (default :func:`prediction_jobs`). With ``keep`` (``make submit``) a fold's mean over the
+    structures is kept beside its checkpoint (:func:`~openvaccine.train.save_fold_prediction`) and
+    taken from there when already made, by an earlier submission or as a student's pseudo-labels."""
     if weights is None:
         weights = blend_report(runs=runs)["weights"] if len(runs) > 1 else {runs[0].name: dict.fromkeys(TARGETS, 1.0)}
     members = [(r, np.array([weights[r.name][t] for t in TARGETS], dtype=np.float32)) for r in runs]
     members = [(r, w) for r, w in members if w.any()]
-    graphs, specs, tasks = {}, {}, []
+    data_fp = data_fingerprint(df) if keep else None
+    graphs, specs, tasks, folds, made = {}, {}, [], {}, {}
     for i, (r, _) in enumerate(members):
-        for v in (tta_structures(r.graph) if tta else ["given"]):
-            key = (feature_key(r.graph), v)
-            if key not in graphs:
-                graphs[key] = build_graphs(df, r.graph, structure=v, progress=progress)
-                specs[key] = (r.graph, v)
-            tasks += [(i, ck, key) for ck in r.checkpoints]
+        structures = tta_structures(r.graph) if tta else ["given"]
+        for ck in r.checkpoints:
+            path = r.path / f"fold{ck['fold']}.pt"
+            folds[i, ck["fold"]] = (path, structures)
+            kept = load_fold_prediction(path, structures, data_fp) if keep else None
+            if kept is not None:
+                made[i, ck["fold"]] = kept
+                continue
+            for v in structures:
+                key = (feature_key(r.graph), v)
+                if key not in graphs:
+                    graphs[key] = build_graphs(df, r.graph, structure=v, progress=progress)
+                    specs[key] = (r.graph, v)
+                tasks.append(((i, ck["fold"]), ck, key))
     device = get_device()
     jobs = jobs or prediction_jobs(device, len(tasks), len(df))
     what = members[0][0].name if len(members) == 1 else f"{len(members)} runs"
-    sums, counts = [None] * len(members), [0] * len(members)
+    if made and progress:
+        print(f"{what}: {len(made)} of {len(folds)} folds' predictions kept from before")
+    sums, counts = {}, dict.fromkeys(folds, 0)
     for i, p in _pass_predictions(tasks, graphs, specs, df, jobs, device, progress,
                                   f"{what}: folds × structures" + (f" ({jobs} processes)" if jobs > 1 else "")):
-        sums[i] = p if sums[i] is None else [a + b for a, b in zip(sums[i], p)]
+        sums[i] = p if i not in sums else [a + b for a, b in zip(sums[i], p)]
         counts[i] += 1
+    for i, s in sums.items():                           # each fold's mean over its structures
+        made[i] = [a / counts[i] for a in s]
+        if keep:
+            save_fold_prediction(*folds[i], data_fp, made[i])
     total = None
-    for (_, w), s, n in zip(members, sums, counts):
-        p = [a * (w / n) for a in s]
+    for i, (r, w) in enumerate(members):
+        fold_means = [made[i, ck["fold"]] for ck in r.checkpoints]
+        p = [np.mean(x, 0) * w for x in zip(*fold_means)]
         total = p if total is None else [a + b for a, b in zip(total, p)]
     return total
 
@@ -324,7 +342,7 @@ def make_submission(names: list[str] | None = None, out: str | Path | None = Non
           + (f" (weights fitted on other folds: {rep['blend_mcrmse_nested']:.4f})" if "blend_mcrmse_nested" in rep else ""))
     test = load_test() if test is None else test
     sample = load_sample_submission() if sample is None else sample
-    preds = ensemble_predict(runs, test, tta=tta, weights=rep["weights"])
+    preds = ensemble_predict(runs, test, tta=tta, weights=rep["weights"], keep=True)
     sub = submission_frame(test, preds)
     out = Path(out) if out else SUBMISSIONS_DIR / "submission.csv"
     write_submission(sub, sample, out)

@@ -11,6 +11,7 @@ The CV number is the competition's MCRMSE over ``reactivity``, ``deg_Mg_pH10`` a
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import multiprocessing
 import os
@@ -343,7 +344,8 @@ def train_fold(cfg: dict, train_g, val_g, fold: int, device, progress: bool | st
     on different structures, the given one first) for structure augmentation. ``pseudo_g``
     (same forms): pseudo-labelled molecules, of which a random ``train.pseudo_frac`` joins every
     epoch; both kinds then carry their loss weight in ``loss_w``. ``init_state``: a pretrained
-    encoder (:mod:`.pretrain`) to start from instead of a random initialisation. With
+    encoder (:mod:`.pretrain`) or a whole model's weights (``train.init_from``) to start from
+    instead of a random initialisation. With
     ``train.ema`` (a decay, 0 = off) validation and the returned state use the weights' moving
     average (:class:`WeightAverage`) instead of the last step's weights. ``label`` heads its epoch lines
     (the run's name where several runs' folds train side by side).
@@ -436,20 +438,89 @@ def teacher_labels(teachers: list[str], fold: int, fold_index: np.ndarray, data_
     (this run's fold) of the same training data: a student trained on these labels for that fold
     never sees, even through its teacher, the molecules it is validated on, so its CV stays honest.
     """
-    preds, used = [], {}
+    preds, used, test_fp = [], {}, data_fingerprint(test_df)
     for name in teachers:
-        path = Path(models_dir) / name / f"fold{fold}.pt"
-        if not path.is_file():
-            raise RuntimeError(f"train.pseudo_from: teacher run {name!r} has no fold {fold} ({path}); train it first")
-        ck = torch.load(path, weights_only=False, map_location="cpu")
-        if ck["fingerprints"]["data"] != data_fp or not np.array_equal(np.sort(ck["oof_index"]), np.sort(fold_index)):
-            raise RuntimeError(f"train.pseudo_from: {path} held out other molecules than this run's fold {fold} "
-                               "(other train.fold_seed/seed, train.folds, train.similarity or data): its labels would leak validation rows")
+        ck = matching_fold(name, fold, fold_index, data_fp, models_dir, "train.pseudo_from")
         p = graph_params(ck["config"])
-        by = {v: build_graphs(test_df, p, structure=v, progress=progress) for v in tta_structures(p)}
-        preds.append(tta_predict([load_model(ck, device)], by, device))
+        path, structures = Path(models_dir) / name / f"fold{fold}.pt", tta_structures(p)
+        pred = load_fold_prediction(path, structures, test_fp)
+        if pred is None:
+            by = {v: build_graphs(test_df, p, structure=v, progress=progress) for v in structures}
+            pred = tta_predict([load_model(ck, device)], by, device)
+            save_fold_prediction(path, structures, test_fp, pred)
+        preds.append(pred)
         used[name] = ck["fingerprints"]
     return [np.mean(x, 0) for x in zip(*preds)], used
+
+
+# ---------------------------------------------------------------- a fold's test predictions, kept
+def checkpoint_key(path: Path) -> str:
+    """Hash of a fold checkpoint's bytes: a prediction kept for it is stale once the fold is retrained."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+def fold_prediction_path(path: Path, structures: list[str], data_fp: str) -> Path:
+    """Where the fold checkpoint ``path`` keeps its prediction of the molecules ``data_fp`` averaged over
+    ``structures``: ``<run>/predictions/fold<k>-<structures>-<data fingerprint>.npz``."""
+    path = Path(path)
+    return path.parent / "predictions" / f"{path.stem}-{'+'.join(structures)}-{data_fp}.npz"
+
+
+def load_fold_prediction(path: Path, structures: list[str], data_fp: str) -> list[np.ndarray] | None:
+    """The per-molecule prediction :func:`save_fold_prediction` kept for this checkpoint, molecules and
+    structures, or None (never made, or made by an earlier training of the fold)."""
+    f = fold_prediction_path(path, structures, data_fp)
+    if not f.is_file():
+        return None
+    z = np.load(f)
+    if str(z["checkpoint"]) != checkpoint_key(path):
+        return None
+    return np.split(z["pred"], np.cumsum(z["lengths"])[:-1])
+
+
+def save_fold_prediction(path: Path, structures: list[str], data_fp: str, pred: list[np.ndarray]) -> Path:
+    """Keep fold checkpoint ``path``'s mean prediction over ``structures`` of the molecules ``data_fp``
+    (a teacher's labels are the same numbers as its fold's share of ``make submit``: each is made once)."""
+    f = fold_prediction_path(path, structures, data_fp)
+    with atomic_path(f) as tmp:
+        np.savez(tmp, checkpoint=checkpoint_key(path), lengths=np.array([len(q) for q in pred]),
+                 pred=np.concatenate(pred).astype(np.float32))
+    return f
+
+
+def matching_fold(name: str, fold: int, fold_index: np.ndarray, data_fp: str, models_dir: Path, option: str) -> dict:
+    """Fold ``fold``'s checkpoint of the run ``name``, which must have held out exactly ``fold_index``
+    of the same training data (what a student may learn from without its CV leaking: ``option`` names
+    the setting that asked, for the error)."""
+    path = Path(models_dir) / name / f"fold{fold}.pt"
+    if not path.is_file():
+        raise RuntimeError(f"{option}: run {name!r} has no fold {fold} ({path}); train it first")
+    ck = torch.load(path, weights_only=False, map_location="cpu")
+    if ck["fingerprints"]["data"] != data_fp or not np.array_equal(np.sort(ck["oof_index"]), np.sort(fold_index)):
+        raise RuntimeError(f"{option}: {path} held out other molecules than this run's fold {fold} (other "
+                           "train.fold_seed/seed, train.folds, train.similarity or data): it would leak validation rows")
+    return ck
+
+
+def start_checkpoint(cfg: dict, fold: int, fold_index: np.ndarray, data_fp: str, models_dir: Path) -> dict | None:
+    """``train.init_from``: the checkpoint whose weights fold ``fold`` starts from, the same fold of that
+    run (same model and features; it held out the same molecules), or None (a random initialisation)."""
+    name = cfg["train"].get("init_from")
+    if not name:
+        return None
+    ck = matching_fold(name, fold, fold_index, data_fp, models_dir, "train.init_from")
+    if model_signature(ck["config"]["model"]) != model_signature(cfg["model"]) or \
+            graph_signature(graph_params(ck["config"])) != graph_signature(graph_params(cfg)):
+        raise RuntimeError(f"train.init_from: run {name!r} has another model or other features than this run; "
+                           "it can only start a run of the same model and graph settings")
+    return ck
+
+
+def upstream_runs(cfg: dict) -> set[str]:
+    """The runs a run needs trained first: its teachers (``train.pseudo_from``) and the run its folds start
+    from (``train.init_from``)."""
+    t = cfg["train"]
+    return set(t.get("pseudo_from") or []) | ({t["init_from"]} if t.get("init_from") else set())
 
 
 def with_loss_weight(graphs, weights) -> list:
@@ -507,6 +578,8 @@ def train_run(cfg: dict, run_name: str | None = None, df: pd.DataFrame | None = 
     alt = [by_structure[v] for v in aug]
     teachers = list(t.get("pseudo_from") or [])
     pretrain = pretrain_settings(cfg)
+    if pretrain and t.get("init_from"):
+        raise ValueError("train.init_from and train.pretrain: a fold starts from one or the other, not both")
     if teachers or pretrain:                 # unlabelled test molecules, on the training structures
         test_df = load_test() if test_df is None else test_df.reset_index(drop=True)
         test_by = {v: build_graphs(test_df, p, structure=v, progress=bars) for v in dict.fromkeys(["given"] + aug)}
@@ -549,8 +622,10 @@ def train_run(cfg: dict, run_name: str | None = None, df: pd.DataFrame | None = 
                 w_pseudo = float(t.get("pseudo_weight", 0.5)) * float(w_real.mean())
                 train_g = [with_loss_weight(gs, w_real) for gs in train_g]
                 pseudo_g = [pseudo_graphs(test_by[v], labels, test_df["seq_scored"], w_pseudo) for v in test_by]
+            start = start_checkpoint(cfg, f, va_all, fps["data"], out.parent)
+            init = start["state_dict"] if start else encoder and encoder["state_dict"]
             state, score, hist = train_fold(cfg, train_g, [graphs[i] for i in va_idx], f, device, progress,
-                                            pseudo_g=pseudo_g, init_state=encoder and encoder["state_dict"],
+                                            pseudo_g=pseudo_g, init_state=init,
                                             label=f"{run} " if progress == "lines" else "")
             seconds = time.perf_counter() - t0
             model = load_model(dict(config=cfg, state_dict=state), device)
@@ -563,6 +638,7 @@ def train_run(cfg: dict, run_name: str | None = None, df: pd.DataFrame | None = 
                       oof_index=va_all, oof=[q.astype(np.float32) for q in preds],
                       oof_tta=[q.astype(np.float32) for q in preds_tta], tta=tta,
                       teachers=teacher_fps, pretrained=encoder and encoder["key"], torch=torch.__version__,
+                      started_from=start and {t["init_from"]: start["fingerprints"]},
                       precision="float16" if device.type == "cuda" else "bfloat16" if model.cpu_bf16 else "float32")
             save_atomic(ck, ck_path)
         for i, q, qt in zip(ck["oof_index"], ck["oof"], ck.get("oof_tta", ck["oof"])):
@@ -654,7 +730,7 @@ def train_runs(cfgs: list[dict], models_dir: Path | str | None = None, progress:
     With processes (``train.jobs``, see :func:`fold_jobs`) the unfinished folds of all the runs share
     one pool, in the runs' order, instead of one pool per run: on 2 cores a run of 5 folds otherwise
     trains its last fold alone, at 1.0–1.5× the speed of a fold beside another instead of 2×. A run
-    taught by another of the list (``train.pseudo_from``) waits for its teachers' runs; a run with
+    taught by another of the list, or started from its weights (:func:`upstream_runs`), waits for those runs; a run with
     ``train.pretrain`` trains on its own (:func:`train_run`, which pretrains its encoder once first).
     Each fold's checkpoint is the one :func:`train_run` would save with the same torch threads.
     """
@@ -666,9 +742,9 @@ def train_runs(cfgs: list[dict], models_dir: Path | str | None = None, progress:
     device, left, reports = get_device(), list(zip(cfgs, names)), {}
     while left:
         waiting = {n for _, n in left}
-        ready = [(c, n) for c, n in left if not set(c["train"].get("pseudo_from") or []) & waiting]
+        ready = [(c, n) for c, n in left if not upstream_runs(c) & waiting]
         if not ready:
-            raise ValueError(f"train.pseudo_from: the runs {sorted(waiting)} wait for one another")
+            raise ValueError(f"train.pseudo_from/init_from: the runs {sorted(waiting)} wait for one another")
         shared = [(c, n) for c, n in ready if not pretrain_settings(c)]
         for c, n in shared:                  # a stale run stops the call before hours of other runs' folds
             fps = fingerprints(c, df)
@@ -767,17 +843,24 @@ def cv_table(r: dict) -> str:
 
 # ---------------------------------------------------------------- benchmark
 def benchmark(cfg: dict, n_graphs: int = 512, passes: int = 1, threads: int | None = None,
-              df: pd.DataFrame | None = None, verbose: bool = True) -> dict:
+              df: pd.DataFrame | None = None, verbose: bool = True, pseudo_df: pd.DataFrame | None = None) -> dict:
     """Graphs/second for a training step and for inference on the current device, on the first ``n_graphs``
     training molecules in ``threads`` torch threads (default ``train.threads``): after a warm-up pass, the
-    faster of ``passes`` timed passes (a busy neighbour slows one pass, not both)."""
+    faster of ``passes`` timed passes (a busy neighbour slows one pass, not both). ``pseudo_df``: unlabelled
+    molecules that join the training passes as a student's pseudo-labelled ones do (a 130-nt molecule
+    among 107-nt ones makes a batch of two lengths, which trains slower per base than one length)."""
     set_threads(threads or cfg["train"].get("threads"))
     device = get_device()
     df = (load_train() if df is None else df).head(n_graphs)
     graphs = build_graphs(df, graph_params(cfg), progress=False)
+    train_g = graphs
+    if pseudo_df is not None and len(pseudo_df):          # as in a student's epoch, every graph carries a loss weight
+        extra = build_graphs(pseudo_df, graph_params(cfg), progress=False)
+        train_g = with_loss_weight(graphs, [1.0] * len(graphs)) + pseudo_graphs(
+            extra, [np.zeros((len(g.y), 5), np.float32) for g in extra], pseudo_df["seq_scored"], 0.5)
     model = new_model(cfg).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    loader = DataLoader(graphs, batch_size=int(cfg["train"]["batch_size"]), shuffle=True)
+    loader = DataLoader(train_g, batch_size=int(cfg["train"]["batch_size"]), shuffle=True)
 
     def timed(fn) -> float:
         t0 = time.perf_counter()
@@ -798,9 +881,9 @@ def benchmark(cfg: dict, n_graphs: int = 512, passes: int = 1, threads: int | No
     timed(train_pass)                                      # warm-up
     train_s = min(timed(train_pass) for _ in range(passes))
     infer_s = min(timed(lambda: predict_graphs(model, graphs, device=device)) for _ in range(passes))
-    res = dict(device=str(device), conv=cfg["model"]["conv"], graphs=len(graphs), threads=torch.get_num_threads(),
-               bf16=model.cpu_bf16,
-               train_graphs_per_s=len(graphs) / train_s, infer_graphs_per_s=len(graphs) / infer_s)
+    res = dict(device=str(device), conv=cfg["model"]["conv"], graphs=len(graphs), pseudo_graphs=len(train_g) - len(graphs),
+               threads=torch.get_num_threads(), bf16=model.cpu_bf16,
+               train_graphs_per_s=len(train_g) / train_s, infer_graphs_per_s=len(graphs) / infer_s)
     if verbose:
         print(json.dumps(res))
     return res
@@ -825,7 +908,7 @@ def experiments_table(models_dir: Path | str | None = None) -> str:
         rows.append("| {run} | {conv} | {rnn} | {attn} | {h}x{L} | {folds} | {groups} | {ep} | {bs} | {lr:g} | {pl} | **{cv:.4f}** | {tta} | {re:.4f} | {mg:.4f} | {c50:.4f} | {spe:.1f} | {fs:.0f} | {dev} |".format(
             run=cvp.parent.name, conv=m["conv"], rnn=rnn_layers(m), attn=m.get("attn_layers", 0),
             h=m["hidden"], L=m["layers"],
-            pl=", ".join(t.get("pseudo_from") or []),
+            pl=", ".join(t.get("pseudo_from") or []) + (f" (starts from {t['init_from']})" if t.get("init_from") else ""),
             folds=",".join(str(f["fold"]) for f in folds),
             groups="random" if similarity >= 1.0 else f"identity ≥ {similarity:g}", ep=t["epochs"], bs=t["batch_size"], lr=float(t["lr"]), cv=r["cv_mcrmse"],
             tta=f"{r['cv_mcrmse_tta']:.4f}" if "cv_mcrmse_tta" in r else "",
