@@ -45,7 +45,7 @@ def test_every_shipped_config_loads_and_builds_its_model(path):
     cfg = load_config(path)
     assert cfg["name"] == path.stem                     # `make train MEMBERS=<stem>` trains models/<stem>
     assert cfg["model"]["conv"] in CONVS and int(cfg["train"]["folds"]) >= 2
-    assert set(cfg["train"].get("pseudo_from") or []) <= {p.stem for p in CONFIG_DIR.glob("*.yaml")}
+    assert T.upstream_runs(cfg) <= {p.stem for p in CONFIG_DIR.glob("*.yaml")}      # teachers, starting runs
     build_model(cfg, NUM_NODE_FEATURES, NUM_EDGE_FEATURES)
 
 
