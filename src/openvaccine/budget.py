@@ -38,8 +38,8 @@ import pandas as pd
 
 from .data import load_test, load_train
 from .graphs import graph_params, tta_structures
-from .train import (MODELS_DIR, benchmark, cpu_cores, get_device, pool_jobs, set_threads, unfinished_folds, upstream_runs,
-                    usable_rows)
+from .train import (MODELS_DIR, benchmark, cpu_cores, get_device, pool_jobs, pseudo_frac, set_threads,
+                    unfinished_folds, upstream_runs, usable_rows)
 
 
 def speed_key(cfg: dict) -> str:
@@ -51,9 +51,10 @@ def speed_key(cfg: dict) -> str:
 
 
 def pseudo_share(cfg: dict) -> float:
-    """``train.pseudo_frac`` for a student (``train.pseudo_from``), else 0."""
+    """The share of the test molecules in each of a student's epochs (``train.pseudo_frac``), 0 for a
+    member without teachers (``train.pseudo_from``)."""
     t = cfg["train"]
-    return float(t.get("pseudo_frac", 0.25)) if t.get("pseudo_from") else 0.0
+    return pseudo_frac(t) if t.get("pseudo_from") else 0.0
 
 
 def run_minutes(cfg: dict, folds_left: int, n_usable: int, n_rows: int, test_nt: int, speed: dict, jobs: int,
@@ -84,10 +85,10 @@ def within_budget(cfgs: list[dict], minutes: float, models_dir=None, df: pd.Data
                   speeds: dict | None = None, verbose: bool = True) -> list[dict]:
     """The members of ``cfgs`` (in order) whose estimated minutes, added up, fit in ``minutes``.
 
-    The first member is always kept; a member taught by a member left out, or started from one (``train.pseudo_from``, ``init_from``), is
-    left out too. ``speeds`` (:func:`speed_key` → :func:`~openvaccine.train.benchmark` result) skips
-    the measurement. On a GPU, where folds share one device, the estimate does not hold: every
-    member is kept."""
+    The first member is always kept; a member taught by a member left out, or started from one
+    (:func:`~openvaccine.train.upstream_runs`), is left out too. ``speeds`` (:func:`speed_key` →
+    :func:`~openvaccine.train.benchmark` result) skips the measurement. On a GPU, where folds share one
+    device, the estimate does not hold: every member is kept."""
     device = get_device()
     if device.type != "cpu":
         if verbose:

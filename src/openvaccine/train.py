@@ -354,7 +354,7 @@ def train_fold(cfg: dict, train_g, val_g, fold: int, device, progress: bool | st
     set_seed(int(cfg.get("seed", 42)) + fold)
     variants = as_variants(train_g)
     pvariants = as_variants(pseudo_g) if pseudo_g else []
-    n_p = int(round(float(t.get("pseudo_frac", 0.25)) * len(pvariants[0]))) if pvariants else 0
+    n_p = int(round(pseudo_frac(t) * len(pvariants[0]))) if pvariants else 0
     aug_rng = np.random.default_rng(int(cfg.get("seed", 42)) + fold)
     aug_prob = float(t.get("aug_prob", 0.5))
 
@@ -440,9 +440,9 @@ def teacher_labels(teachers: list[str], fold: int, fold_index: np.ndarray, data_
     """
     preds, used, test_fp = [], {}, data_fingerprint(test_df)
     for name in teachers:
-        ck = matching_fold(name, fold, fold_index, data_fp, models_dir, "train.pseudo_from")
+        path, ck = matching_fold(name, fold, fold_index, data_fp, models_dir, "train.pseudo_from")
         p = graph_params(ck["config"])
-        path, structures = Path(models_dir) / name / f"fold{fold}.pt", tta_structures(p)
+        structures = tta_structures(p)
         pred = load_fold_prediction(path, structures, test_fp)
         if pred is None:
             by = {v: build_graphs(test_df, p, structure=v, progress=progress) for v in structures}
@@ -488,10 +488,11 @@ def save_fold_prediction(path: Path, structures: list[str], data_fp: str, pred: 
     return f
 
 
-def matching_fold(name: str, fold: int, fold_index: np.ndarray, data_fp: str, models_dir: Path, option: str) -> dict:
-    """Fold ``fold``'s checkpoint of the run ``name``, which must have held out exactly ``fold_index``
-    of the same training data (what a student may learn from without its CV leaking: ``option`` names
-    the setting that asked, for the error)."""
+def matching_fold(name: str, fold: int, fold_index: np.ndarray, data_fp: str, models_dir: Path,
+                  option: str) -> tuple[Path, dict]:
+    """Fold ``fold``'s checkpoint (path, contents) of the run ``name``, which must have held out exactly
+    ``fold_index`` of the same training data (what a student may learn from without its CV leaking:
+    ``option`` names the setting that asked, for the error)."""
     path = Path(models_dir) / name / f"fold{fold}.pt"
     if not path.is_file():
         raise RuntimeError(f"{option}: run {name!r} has no fold {fold} ({path}); train it first")
@@ -499,7 +500,7 @@ def matching_fold(name: str, fold: int, fold_index: np.ndarray, data_fp: str, mo
     if ck["fingerprints"]["data"] != data_fp or not np.array_equal(np.sort(ck["oof_index"]), np.sort(fold_index)):
         raise RuntimeError(f"{option}: {path} held out other molecules than this run's fold {fold} (other "
                            "train.fold_seed/seed, train.folds, train.similarity or data): it would leak validation rows")
-    return ck
+    return path, ck
 
 
 def start_checkpoint(cfg: dict, fold: int, fold_index: np.ndarray, data_fp: str, models_dir: Path) -> dict | None:
@@ -508,12 +509,18 @@ def start_checkpoint(cfg: dict, fold: int, fold_index: np.ndarray, data_fp: str,
     name = cfg["train"].get("init_from")
     if not name:
         return None
-    ck = matching_fold(name, fold, fold_index, data_fp, models_dir, "train.init_from")
+    _, ck = matching_fold(name, fold, fold_index, data_fp, models_dir, "train.init_from")
     if model_signature(ck["config"]["model"]) != model_signature(cfg["model"]) or \
             graph_signature(graph_params(ck["config"])) != graph_signature(graph_params(cfg)):
         raise RuntimeError(f"train.init_from: run {name!r} has another model or other features than this run; "
                            "it can only start a run of the same model and graph settings")
     return ck
+
+
+def pseudo_frac(t: dict) -> float:
+    """The share of the pseudo-labelled molecules that joins each epoch (``train.pseudo_frac`` of the
+    ``train`` section ``t``, default 0.25)."""
+    return float(t.get("pseudo_frac", 0.25))
 
 
 def upstream_runs(cfg: dict) -> set[str]:
