@@ -1,4 +1,9 @@
 import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
 
 import numpy as np
 import pandas as pd
@@ -585,3 +590,57 @@ def test_train_command_takes_several_configs_and_their_overrides(monkeypatch):
     assert got["run"][1] == "x" and got["run"][0]["seed"] == 5
     with pytest.raises(SystemExit, match="--run-name names one run"):
         cli.main(["train", "--config", "smoke", "default_gatv2", "--run-name", "x"])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"     # a zombie has exited
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads process states from /proc")
+def test_busy_pool_worker_exits_when_its_parent_is_killed(tmp_path):
+    """A fold process must not train on, orphaned, after ``kill`` of the ``train`` that started it."""
+    pid_file = tmp_path / "worker.pid"
+    script = tmp_path / "parent.py"
+    script.write_text(textwrap.dedent(f"""
+        import multiprocessing, os, time
+        from concurrent.futures import ProcessPoolExecutor
+        from openvaccine.train import exit_with_parent
+
+        def busy(path):
+            with open(path + ".tmp", "w") as f:
+                f.write(str(os.getpid()))
+            os.replace(path + ".tmp", path)
+            time.sleep(600)
+
+        if __name__ == "__main__":
+            ex = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                                     initializer=exit_with_parent, initargs=(0.1,))
+            ex.submit(busy, {str(pid_file)!r})
+            time.sleep(600)
+    """))
+    err = tmp_path / "parent.err"              # also the killed parent's resource tracker's leaked-semaphore warning
+    with open(err, "w") as f:
+        parent = subprocess.Popen([sys.executable, str(script)], stderr=f)
+    try:
+        for _ in range(600):                       # the worker starts (imports torch): up to 60 s
+            if pid_file.is_file() or parent.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert parent.poll() is None and pid_file.is_file(), f"the worker never started: {err.read_text()}"
+        worker = int(pid_file.read_text())
+        assert _alive(worker)
+    finally:
+        parent.kill()
+        parent.wait()
+    for _ in range(300):                           # its watch thread polls every 0.1 s
+        if not _alive(worker):
+            break
+        time.sleep(0.1)
+    alive = _alive(worker)
+    if alive:
+        os.kill(worker, 9)
+    assert not alive, "the pool worker went on after its parent was killed"

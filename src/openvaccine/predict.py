@@ -29,8 +29,8 @@ from . import TARGETS
 from .config import ROOT, atomic_path
 from .data import DataError, data_fingerprint, load_sample_submission, load_test, load_train, normalise_sequence, pair_table
 from .graphs import build_graphs, feature_key, graph_params, tta_structures
-from .train import (MODELS_DIR, cpu_cores, fold_settings, get_device, load_fold_prediction, load_model, mcrmse,
-                    predict_graphs, save_fold_prediction, set_threads)
+from .train import (MODELS_DIR, cpu_cores, exit_with_parent, fold_settings, get_device, load_fold_prediction,
+                    load_model, mcrmse, predict_graphs, save_fold_prediction, set_threads)
 
 SUBMISSIONS_DIR = ROOT / "submissions"
 SUBMISSION_COLUMNS = ["id_seqpos"] + TARGETS
@@ -108,6 +108,7 @@ _WORKER_GRAPHS: dict = {}
 
 
 def _init_pass_worker(df: pd.DataFrame, graph_specs: dict, threads: int) -> None:
+    exit_with_parent()
     set_threads(threads)
     for key, (params, structure) in graph_specs.items():    # from the folding cache the caller filled
         _WORKER_GRAPHS[key] = build_graphs(df, params, structure=structure, progress=False)

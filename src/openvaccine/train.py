@@ -56,6 +56,25 @@ def cpu_cores() -> int:
     return os.cpu_count() or 1
 
 
+def exit_with_parent(poll_s: float = 2.0) -> None:
+    """Make this pool worker end when the process that started it ends.
+
+    A ``ProcessPoolExecutor`` worker runs its task to the end even when its parent is killed (``kill PID``
+    rather than Ctrl-C, which reaches the whole process group): an hour-long fold would go on training,
+    orphaned, beside a rerun of the same run. A daemon thread checks the parent's pid every ``poll_s``
+    seconds and exits the worker, unsaved, once it has changed (the orphan's new parent)."""
+    import threading
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def set_threads(n: int | None) -> None:
     torch.set_num_threads(int(n) if n else cpu_cores())
 
@@ -718,7 +737,7 @@ def train_folds_in_processes(tasks: list[tuple[dict, str, int]], jobs: int, df, 
         what = (f"{tasks[0][1]}: training folds {runs[tasks[0][1]]}" if len(runs) == 1 else
                 "training " + "; ".join(f"{run} folds {fs}" for run, fs in runs.items()))
         print(f"{what} in {jobs} processes side by side")
-    with ProcessPoolExecutor(jobs, mp_context=ctx) as ex:
+    with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=exit_with_parent) as ex:
         futs = {ex.submit(_train_fold_process, cfg, run, f, df, test_df, models_dir, n_threads,
                           "lines" if progress else False): (run, f) for (cfg, run, f), n_threads in zip(tasks, threads)}
         for fu in as_completed(futs):
