@@ -16,6 +16,7 @@ import json
 import multiprocessing
 import os
 import random
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
@@ -63,8 +64,6 @@ def exit_with_parent(poll_s: float = 2.0) -> None:
     rather than Ctrl-C, which reaches the whole process group): an hour-long fold would go on training,
     orphaned, beside a rerun of the same run. A daemon thread checks the parent's pid every ``poll_s``
     seconds and exits the worker, unsaved, once it has changed (the orphan's new parent)."""
-    import threading
-
     parent = os.getppid()
 
     def watch() -> None:
