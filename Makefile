@@ -29,15 +29,23 @@ CONFIG ?=
 # BUDGET (minutes; CPU only, 0 = none): `train --budget` measures this machine's training and inference speed for
 # each kind of member (~12 s a kind) and keeps MEMBERS, in order, while their estimated minutes of training and of
 # make submit's prediction passes add up to at most BUDGET (folding from a cold cache, a few minutes, comes on top).
+# BUDGET=0 trains every member. Smaller sets on a CPU, with make submit: MEMBERS="default_gatv2 default_gatv2_lstm
+# default_gatv2_lstm_s11" blends to 0.2345 in ~44 min, MEMBERS="default_gatv2 default_gatv2_lstm" to 0.2359 in ~30 min,
+# MEMBERS="default wide wide_drop0" to 0.2367 in ~2 h 40 min (float32), the GPU's first seven to 0.2336 in ~10 h 40 min.
 GPU := $(shell $(PYTHON) -c "import torch; print(int(torch.cuda.is_available()))" 2>/dev/null)
 MEMBERS ?= $(if $(filter 1,$(GPU)),default default_gatv2 wide pseudo_attn pseudo_attn2 pseudo_attn3_wide wide_drop0 default_gatv2_s7 default_gatv2_lstm default_gatv2_lstm_s11 default_gatv2_e26 default_gatv2_lstm_e34 default_gatv2_lstm_pseudo default_gatv2_lstm_pseudo2 default_gatv2_lstm_pseudo3 transformer_lstm_pseudo edgegated_lstm_pseudo edgegated_lstm_pseudo50,default_gatv2_lstm default_gatv2 default_gatv2_lstm_pseudo default_gatv2_lstm_pseudo2 default_gatv2_lstm_pseudo3 transformer_lstm_pseudo edgegated_lstm_pseudo edgegated_lstm_pseudo50 default_gatv2_lstm_s11 default_gatv2_s7)
 BUDGET ?= $(if $(filter 1,$(GPU)),,60)
 INPUT ?=
 OUT ?= predictions.csv
 
-.PHONY: all setup data features train submit score predict bench test report-loops report-structures clean-cache compare
+.PHONY: all help setup data features train submit score predict bench test report-loops report-structures clean-cache compare
 
 all: data features train submit
+
+help:  ## these targets, and the MEMBERS and BUDGET that `make train` would use on this machine
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-18s %s\n", $$1, $$2}' $(firstword $(MAKEFILE_LIST))
+	@echo "MEMBERS ($(if $(filter 1,$(GPU)),GPU,CPU)): $(MEMBERS)"
+	@echo "BUDGET: $(if $(BUDGET),$(BUDGET) minutes,none)"
 
 setup:  ## install pinned dependencies and the package
 	$(PYTHON) -m pip install -r requirements.txt
@@ -53,7 +61,7 @@ endif
 features:  ## fold every molecule (ViennaRNA, cached) and build all graphs, given + MFE structures
 	$(PYTHON) -m openvaccine features --mfe
 
-train:  ## train the members in MEMBERS in one pool of fold processes (default on a CPU: default_gatv2_lstm default_gatv2 default_gatv2_lstm_pseudo default_gatv2_lstm_pseudo2 default_gatv2_lstm_pseudo3 transformer_lstm_pseudo edgegated_lstm_pseudo edgegated_lstm_pseudo50 default_gatv2_lstm_s11 default_gatv2_s7, in that order while they fit BUDGET=60 minutes with make submit's passes, the first three CV 0.2342, four 0.2329, five 0.2322, six 0.2317, seven 0.2312, eight 0.2309 and the four plain ones 0.2346 on an Intel Xeon where two fit (0.2369), the four plain ones 0.2339 in 62 min on an AMD EPYC twice as fast; BUDGET=0 trains all; default default_gatv2 wide pseudo_attn pseudo_attn2 pseudo_attn3_wide wide_drop0 default_gatv2_s7 default_gatv2_lstm default_gatv2_lstm_s11 default_gatv2_e26 default_gatv2_lstm_e34 default_gatv2_lstm_pseudo default_gatv2_lstm_pseudo2 default_gatv2_lstm_pseudo3 transformer_lstm_pseudo edgegated_lstm_pseudo edgegated_lstm_pseudo50 when a GPU is present (the first ten 0.2319; the CPU four + the e26/e34 pair 0.2311, + the six students 0.2294), the first seven in 27 min 42 s on one H100; on a CPU MEMBERS="default_gatv2 default_gatv2_lstm default_gatv2_lstm_s11" blends to 0.2345 in ~44 min with make submit, MEMBERS="default_gatv2 default_gatv2_lstm" to 0.2359 in ~30 min, MEMBERS="default wide wide_drop0" to 0.2367 in ~2 h 40 min (float32), the GPU seven to 0.2336 in ~10 h 40 min) or one CONFIG
+train:  ## train MEMBERS (`make help` prints them; the comment at the top gives their CVs and times) in one pool of fold processes, or one CONFIG
 ifdef CONFIG
 	$(PYTHON) -m openvaccine train --config $(CONFIG)
 else
