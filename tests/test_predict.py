@@ -8,7 +8,7 @@ import torch
 
 from openvaccine import TARGETS
 from openvaccine.data import DataError
-from openvaccine.predict import (blend, blend_report, ensemble_predict, fit_blend, nested_blend, load_runs, make_submission,
+from openvaccine.predict import (apply_floors, blend, blend_report, ensemble_predict, fit_blend, fit_floors, nested_blend, load_runs, make_submission,
                                  prediction_jobs, predict_file, read_sequences, submission_frame, validate_submission,
                                  write_submission)
 
@@ -101,6 +101,41 @@ def test_nested_blend_applies_weights_fitted_on_the_other_folds():
     assert err(nested) > 1.5 * err(fitted)
 
 
+def test_floors_are_the_exact_optimum_and_none_where_they_cannot_help():
+    # labels are positive-leaning where the predictions run low (as the measured data are): lifting the
+    # lowest predictions to a floor lowers the RMSE, and the floor found beats every point of a fine grid
+    rng = np.random.default_rng(3)
+    y = np.abs(rng.normal(scale=0.3, size=(30, 130, 5)))
+    pred = y + rng.normal(scale=0.2, size=y.shape)
+    mask = np.zeros((30, 130), bool)
+    mask[:, :68] = True
+    floors = fit_floors(pred, y, mask)
+    err = lambda p, c: np.sqrt(((p[..., c] - y[..., c])[mask] ** 2).mean())
+    for c, g in enumerate(floors):
+        assert g is not None and err(np.maximum(pred, g), c) < err(pred, c)
+        grid = np.linspace(g - 0.2, g + 0.2, 401)
+        assert err(np.maximum(pred, g), c) <= min(err(np.maximum(pred, v), c) for v in grid) + 1e-12
+    floored = apply_floors(pred, floors)
+    assert np.all(floored >= np.array(floors)) and np.array_equal(floored[pred > max(floors)], pred[pred > max(floors)])
+    assert fit_floors(y, y, mask) == [None] * 5                       # exact predictions: nothing to lift
+    assert np.array_equal(apply_floors(pred, [None] * 5), pred)
+
+
+def test_nested_floors_are_fitted_on_the_other_folds():
+    rng = np.random.default_rng(4)
+    y = np.abs(rng.normal(scale=0.3, size=(40, 130, 5)))
+    a, b = (y + rng.normal(scale=s, size=y.shape) for s in (0.2, 0.3))
+    folds = np.repeat([0, 1], 20)
+    mask = np.zeros((40, 130), bool)
+    mask[:, :68] = True
+    nested = nested_blend([a, b], y, mask, folds, floors=True)
+    for f in (0, 1):
+        va = folds == f
+        W = fit_blend([a[~va], b[~va]], y[~va], mask[~va])
+        lo = fit_floors(blend([a[~va], b[~va]], W), y[~va], mask[~va])
+        assert np.allclose(nested[va], np.maximum(blend([a[va], b[va]], W), lo))
+
+
 def test_submit_without_models_says_what_to_run(tmp_path):
     with pytest.raises(SystemExit, match="make train"):
         make_submission(models_dir=tmp_path)
@@ -115,6 +150,9 @@ def test_submission_from_tiny_run(trained, test_rows, tmp_path):
     assert list(sub.columns) == ["id_seqpos"] + TARGETS and len(sub) == len(sample)
     assert (sub["id_seqpos"] == sample["id_seqpos"]).all() and np.isfinite(sub[TARGETS].to_numpy()).all()
     assert len(list(tmp_path.glob("submission-*.csv"))) == 1 and (tmp_path / "submission.json").is_file()
+    floors = json.loads((tmp_path / "submission.json").read_text())["blend"]["floors"]
+    for t in TARGETS:                  # the blend's floors, fitted on the OOF, are applied to the test predictions
+        assert floors[t] is None or sub[t].min() >= round(floors[t], 6) - 1e-6
     # 130-nt molecules are predicted at every base
     long_id = next(r["id"] for r in test_rows if r["seq_length"] == 130)
     assert sub["id_seqpos"].str.startswith(long_id + "_").sum() == 130

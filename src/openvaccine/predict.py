@@ -202,14 +202,51 @@ def blend(oofs: list[np.ndarray], W: np.ndarray) -> np.ndarray:
     return sum(W[i] * o for i, o in enumerate(oofs))
 
 
-def nested_blend(oofs: list[np.ndarray], y: np.ndarray, mask: np.ndarray, folds: np.ndarray) -> np.ndarray:
+def fit_floors(pred: np.ndarray, y: np.ndarray, mask: np.ndarray) -> list[float | None]:
+    r"""Per target, the floor :math:`g` that minimises the RMSE of :math:`\max(p, g)` over the masked positions,
+    or None where no floor lowers it.
+
+    With the predictions sorted, :math:`p_{(1)} \le \dots \le p_{(n)}`, a floor that lifts exactly the :math:`k`
+    smallest costs :math:`\sum_{i \le k} (g - y_{(i)})^2 + \sum_{i > k} (p_{(i)} - y_{(i)})^2`, a parabola in
+    :math:`g` on :math:`[p_{(k)}, p_{(k+1)}]` with its minimum at the mean of those :math:`k` labels: every
+    :math:`k` is scored at once from cumulative sums, so the floor is exact, not a grid point."""
+    out = []
+    for c in range(y.shape[-1]):
+        p, t = pred[..., c][mask].astype(np.float64), y[..., c][mask].astype(np.float64)
+        o = np.argsort(p, kind="stable")
+        p, t = p[o], t[o]
+        k = np.arange(1, len(p) + 1)
+        sy, syy = np.cumsum(t), np.cumsum(t * t)
+        upper = np.append(p[1:], np.inf)                         # the floor stays below the next prediction
+        g = np.clip(sy / k, p, upper)
+        rest = np.cumsum(((p - t) ** 2)[::-1])[::-1]             # rest[j]: error of positions j.. unlifted
+        cost = k * g * g - 2 * g * sy + syy + np.append(rest[1:], 0.0)
+        j = int(np.argmin(cost))
+        out.append(float(g[j]) if cost[j] < rest[0] * (1 - 1e-12) else None)
+    return out
+
+
+def apply_floors(pred: np.ndarray, floors: list[float | None] | None) -> np.ndarray:
+    """``pred`` ([..., 5]) with each target raised to its floor (None: unchanged)."""
+    if not floors:
+        return pred
+    lo = np.array([-np.inf if f is None else f for f in floors], dtype=pred.dtype)
+    return np.maximum(pred, lo)
+
+
+def nested_blend(oofs: list[np.ndarray], y: np.ndarray, mask: np.ndarray, folds: np.ndarray,
+                 floors: bool = False) -> np.ndarray:
     """Blend predictions whose weights never saw the molecule they are applied to: the molecules
-    of each fold get the weights fitted on the other folds' OOF. Scoring this removes the optimism
-    of fitting the weights on the OOF they are scored on."""
+    of each fold get the weights fitted on the other folds' OOF (with ``floors``, also the floors
+    :func:`fit_floors` fits on the other folds' blend). Scoring this removes the optimism of fitting
+    the weights on the OOF they are scored on."""
     out = np.zeros_like(oofs[0])
     for f in np.unique(folds):
         va = folds == f
-        out[va] = blend([o[va] for o in oofs], fit_blend([o[~va] for o in oofs], y[~va], mask[~va]))
+        W = fit_blend([o[~va] for o in oofs], y[~va], mask[~va])
+        out[va] = blend([o[va] for o in oofs], W)
+        if floors:
+            out[va] = apply_floors(out[va], fit_floors(blend([o[~va] for o in oofs], W), y[~va], mask[~va]))
     return out
 
 
@@ -232,13 +269,17 @@ def blend_report(names: list[str] | None = None, runs: list[Run] | None = None,
     oofs, folds = map(list, zip(*[_oof_matrix(r, df) for r in runs]))
     W = fit_blend(oofs, y, mask)
     fitted = blend(oofs, W)
+    floors = fit_floors(fitted, y, mask)
+    floored = apply_floors(fitted, floors)
     members = {r.name: mcrmse(o[mask], y[mask]) for r, o in zip(runs, oofs)}
     rep = dict(members=members, weights={r.name: dict(zip(TARGETS, map(float, W[i]))) for i, r in enumerate(runs)},
                blend_mcrmse=mcrmse(fitted[mask], y[mask]),
                blend_rmse=dict(zip(TARGETS, np.sqrt(((fitted[mask] - y[mask]) ** 2).mean(0)).tolist())),
+               floors=dict(zip(TARGETS, floors)), blend_mcrmse_floored=mcrmse(floored[mask], y[mask]),
                n_molecules=int(len(df)), max_scored=L)
     if len(runs) > 1:          # weights fitted on the other folds of the first run (members may differ in folds)
         rep["blend_mcrmse_nested"] = mcrmse(nested_blend(oofs, y, mask, folds[0])[mask], y[mask])
+        rep["blend_mcrmse_nested_floored"] = mcrmse(nested_blend(oofs, y, mask, folds[0], floors=True)[mask], y[mask])
     return rep
 
 
@@ -340,10 +381,13 @@ def make_submission(names: list[str] | None = None, out: str | Path | None = Non
     rep = blend_report(runs=runs, df=train)
     print("OOF MCRMSE (SN_filter=1): " + ", ".join(f"{k} {v:.4f}" for k, v in rep["members"].items())
           + f" → blend {rep['blend_mcrmse']:.4f}"
-          + (f" (weights fitted on other folds: {rep['blend_mcrmse_nested']:.4f})" if "blend_mcrmse_nested" in rep else ""))
+          + (f" (weights fitted on other folds: {rep['blend_mcrmse_nested']:.4f})" if "blend_mcrmse_nested" in rep else "")
+          + f", with per-target floors {rep['blend_mcrmse_floored']:.4f}"
+          + (f" ({rep['blend_mcrmse_nested_floored']:.4f})" if "blend_mcrmse_nested_floored" in rep else ""))
     test = load_test() if test is None else test
     sample = load_sample_submission() if sample is None else sample
-    preds = ensemble_predict(runs, test, tta=tta, weights=rep["weights"], keep=True)
+    floors = list(rep["floors"].values())
+    preds = [apply_floors(p, floors) for p in ensemble_predict(runs, test, tta=tta, weights=rep["weights"], keep=True)]
     sub = submission_frame(test, preds)
     out = Path(out) if out else SUBMISSIONS_DIR / "submission.csv"
     write_submission(sub, sample, out)
@@ -431,8 +475,9 @@ def predict_file(inp: str | Path, out: str | Path, runs: list[str] | None = None
     df["structure"] = [s if isinstance(s, str) and s else f.structure for s, f in zip(df["structure"], folds)]
     df["predicted_loop_type"] = [loop_types(s) for s in df["structure"]]
     df["folding"] = [f.method for f in folds]
-    weights = blend_report(runs=rs, df=train)["weights"] if len(rs) > 1 else None
-    preds = ensemble_predict(rs, df, tta=False, weights=weights, progress=progress)
+    rep = blend_report(runs=rs, df=train) if len(rs) > 1 else {}     # as make submit: weights and floors of the blend
+    preds = ensemble_predict(rs, df, tta=False, weights=rep.get("weights"), progress=progress)
+    preds = [apply_floors(p, list(rep["floors"].values())) for p in preds] if rep else preds
     rows = []
     for r, p in zip(df.to_dict("records"), preds):
         t = pd.DataFrame(p, columns=TARGETS)
