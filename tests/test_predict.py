@@ -118,6 +118,7 @@ def test_floors_are_the_exact_optimum_and_none_where_they_cannot_help():
     floored = apply_floors(pred, floors)
     assert np.all(floored >= np.array(floors)) and np.array_equal(floored[pred > max(floors)], pred[pred > max(floors)])
     assert fit_floors(y, y, mask) == [None] * 5                       # exact predictions: nothing to lift
+    assert fit_floors(pred, y, np.zeros_like(mask)) == [None] * 5      # no scored position: nothing to fit
     assert np.array_equal(apply_floors(pred, [None] * 5), pred)
 
 

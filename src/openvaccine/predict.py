@@ -213,6 +213,9 @@ def fit_floors(pred: np.ndarray, y: np.ndarray, mask: np.ndarray) -> list[float 
     out = []
     for c in range(y.shape[-1]):
         p, t = pred[..., c][mask].astype(np.float64), y[..., c][mask].astype(np.float64)
+        if not len(p):
+            out.append(None)
+            continue
         o = np.argsort(p, kind="stable")
         p, t = p[o], t[o]
         k = np.arange(1, len(p) + 1)
