@@ -90,7 +90,7 @@ def test_nested_blend_applies_weights_fitted_on_the_other_folds():
     mask[:, :68] = True
     noise = rng.normal(scale=0.5, size=y.shape)
     a, b = y + noise * (folds == 0)[:, None, None], y + noise * (folds == 1)[:, None, None]
-    nested = nested_blend([a, b], y, mask, folds)
+    nested, _ = nested_blend([a, b], y, mask, folds)
     for f in (0, 1):
         va = folds == f
         W = fit_blend([a[~va], b[~va]], y[~va], mask[~va])
@@ -129,7 +129,7 @@ def test_nested_floors_are_fitted_on_the_other_folds():
     folds = np.repeat([0, 1], 20)
     mask = np.zeros((40, 130), bool)
     mask[:, :68] = True
-    nested = nested_blend([a, b], y, mask, folds, floors=True)
+    _, nested = nested_blend([a, b], y, mask, folds)
     for f in (0, 1):
         va = folds == f
         W = fit_blend([a[~va], b[~va]], y[~va], mask[~va])

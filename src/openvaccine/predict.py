@@ -237,20 +237,20 @@ def apply_floors(pred: np.ndarray, floors: list[float | None] | None) -> np.ndar
     return np.maximum(pred, lo)
 
 
-def nested_blend(oofs: list[np.ndarray], y: np.ndarray, mask: np.ndarray, folds: np.ndarray,
-                 floors: bool = False) -> np.ndarray:
+def nested_blend(oofs: list[np.ndarray], y: np.ndarray, mask: np.ndarray,
+                 folds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Blend predictions whose weights never saw the molecule they are applied to: the molecules
-    of each fold get the weights fitted on the other folds' OOF (with ``floors``, also the floors
-    :func:`fit_floors` fits on the other folds' blend). Scoring this removes the optimism of fitting
-    the weights on the OOF they are scored on."""
-    out = np.zeros_like(oofs[0])
+    of each fold get the weights fitted on the other folds' OOF. Returns that blend and the same
+    blend raised to the floors :func:`fit_floors` fits on the other folds' blend (one weight fit per
+    fold serves both). Scoring these removes the optimism of fitting the weights (and floors) on the
+    OOF they are scored on."""
+    out, floored = np.zeros_like(oofs[0]), np.zeros_like(oofs[0])
     for f in np.unique(folds):
         va = folds == f
         W = fit_blend([o[~va] for o in oofs], y[~va], mask[~va])
         out[va] = blend([o[va] for o in oofs], W)
-        if floors:
-            out[va] = apply_floors(out[va], fit_floors(blend([o[~va] for o in oofs], W), y[~va], mask[~va]))
-    return out
+        floored[va] = apply_floors(out[va], fit_floors(blend([o[~va] for o in oofs], W), y[~va], mask[~va]))
+    return out, floored
 
 
 def blend_report(names: list[str] | None = None, runs: list[Run] | None = None,
@@ -281,8 +281,9 @@ def blend_report(names: list[str] | None = None, runs: list[Run] | None = None,
                floors=dict(zip(TARGETS, floors)), blend_mcrmse_floored=mcrmse(floored[mask], y[mask]),
                n_molecules=int(len(df)), max_scored=L)
     if len(runs) > 1:          # weights fitted on the other folds of the first run (members may differ in folds)
-        rep["blend_mcrmse_nested"] = mcrmse(nested_blend(oofs, y, mask, folds[0])[mask], y[mask])
-        rep["blend_mcrmse_nested_floored"] = mcrmse(nested_blend(oofs, y, mask, folds[0], floors=True)[mask], y[mask])
+        nested, nested_floored = nested_blend(oofs, y, mask, folds[0])
+        rep["blend_mcrmse_nested"] = mcrmse(nested[mask], y[mask])
+        rep["blend_mcrmse_nested_floored"] = mcrmse(nested_floored[mask], y[mask])
     return rep
 
 
