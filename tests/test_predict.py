@@ -120,6 +120,9 @@ def test_floors_are_the_exact_optimum_and_none_where_they_cannot_help():
     assert fit_floors(y, y, mask) == [None] * 5                       # exact predictions: nothing to lift
     assert fit_floors(pred, y, np.zeros_like(mask)) == [None] * 5      # no scored position: nothing to fit
     assert np.array_equal(apply_floors(pred, [None] * 5), pred)
+    by_target = dict(zip(TARGETS, floors))                            # blend_report's form: a dict by target
+    assert np.array_equal(apply_floors(pred, by_target), floored)
+    assert np.array_equal(apply_floors(pred, dict(by_target, reactivity=None))[..., 0], pred[..., 0])
 
 
 def test_nested_floors_are_fitted_on_the_other_folds():
@@ -271,6 +274,11 @@ def test_predict_short_and_long_sequences(trained, tmp_path):
                                per_base[per_base.id == "short"]["reactivity"][:10].mean(), atol=1e-4)
     assert len(list((tmp_path / "plots").glob("*.png"))) == 2
     assert len(summary) == 2 and load_runs(models_dir=d)[0].name == run
+    # as make submit, even for one run: each target lifted to the floor fitted on the run's OOF
+    floors = blend_report(runs=load_runs(models_dir=d), df=train_df)["floors"]
+    assert any(f is not None for f in floors.values())
+    for t, f in floors.items():
+        assert f is None or per_base[t].min() >= round(f, 5) - 1e-5
 
 
 def test_runs_of_different_cv_groupings_are_not_blended(trained, tmp_path):

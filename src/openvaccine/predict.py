@@ -229,10 +229,13 @@ def fit_floors(pred: np.ndarray, y: np.ndarray, mask: np.ndarray) -> list[float 
     return out
 
 
-def apply_floors(pred: np.ndarray, floors: list[float | None] | None) -> np.ndarray:
-    """``pred`` ([..., 5]) with each target raised to its floor (None: unchanged)."""
+def apply_floors(pred: np.ndarray, floors: list[float | None] | dict[str, float | None] | None) -> np.ndarray:
+    """``pred`` ([..., 5]) with each target raised to its floor (None: unchanged). ``floors`` is
+    :func:`fit_floors`'s list, in :data:`TARGETS` order, or :func:`blend_report`'s dict by target."""
     if not floors:
         return pred
+    if isinstance(floors, dict):
+        floors = [floors.get(t) for t in TARGETS]
     lo = np.array([-np.inf if f is None else f for f in floors], dtype=pred.dtype)
     return np.maximum(pred, lo)
 
@@ -390,8 +393,7 @@ def make_submission(names: list[str] | None = None, out: str | Path | None = Non
           + (f" ({rep['blend_mcrmse_nested_floored']:.4f})" if "blend_mcrmse_nested_floored" in rep else ""))
     test = load_test() if test is None else test
     sample = load_sample_submission() if sample is None else sample
-    floors = list(rep["floors"].values())
-    preds = [apply_floors(p, floors) for p in ensemble_predict(runs, test, tta=tta, weights=rep["weights"], keep=True)]
+    preds = [apply_floors(p, rep["floors"]) for p in ensemble_predict(runs, test, tta=tta, weights=rep["weights"], keep=True)]
     sub = submission_frame(test, preds)
     out = Path(out) if out else SUBMISSIONS_DIR / "submission.csv"
     write_submission(sub, sample, out)
@@ -479,9 +481,9 @@ def predict_file(inp: str | Path, out: str | Path, runs: list[str] | None = None
     df["structure"] = [s if isinstance(s, str) and s else f.structure for s, f in zip(df["structure"], folds)]
     df["predicted_loop_type"] = [loop_types(s) for s in df["structure"]]
     df["folding"] = [f.method for f in folds]
-    rep = blend_report(runs=rs, df=train) if len(rs) > 1 else {}     # as make submit: weights and floors of the blend
-    preds = ensemble_predict(rs, df, tta=False, weights=rep.get("weights"), progress=progress)
-    preds = [apply_floors(p, list(rep["floors"].values())) for p in preds] if rep else preds
+    rep = blend_report(runs=rs, df=train)        # as make submit: the blend's weights and floors (one run too)
+    preds = ensemble_predict(rs, df, tta=False, weights=rep["weights"], progress=progress)
+    preds = [apply_floors(p, rep["floors"]) for p in preds]
     rows = []
     for r, p in zip(df.to_dict("records"), preds):
         t = pd.DataFrame(p, columns=TARGETS)
