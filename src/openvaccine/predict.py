@@ -291,8 +291,10 @@ def blend_report(names: list[str] | None = None, runs: list[Run] | None = None,
 
 
 def ensemble_predict(runs: list[Run], df: pd.DataFrame, tta: bool = True, weights: dict | None = None,
-                     progress: bool = True, jobs: int | None = None, keep: bool = False) -> list[np.ndarray]:
-    """Blend of the runs' fold-averaged predictions (``weights``: run → target → w; default OOF-fitted).
+                     progress: bool = True, jobs: int | None = None, keep: bool = False,
+                     floors: list | dict | None = None) -> list[np.ndarray]:
+    """Blend of the runs' fold-averaged predictions (``weights``: run → target → w; default OOF-fitted),
+    raised to ``floors`` (:func:`apply_floors`; ``make submit`` passes :func:`blend_report`'s).
 
     Every fold of every run predicts every structure (with ``tta``: :func:`tta_structures`), each
     such pass on graphs built once per feature set; ``jobs`` processes share the passes
@@ -339,7 +341,7 @@ def ensemble_predict(runs: list[Run], df: pd.DataFrame, tta: bool = True, weight
         fold_means = [made[i, ck["fold"]] for ck in r.checkpoints]
         p = [np.mean(x, 0) * w for x in zip(*fold_means)]
         total = p if total is None else [a + b for a, b in zip(total, p)]
-    return total
+    return [apply_floors(p, floors) for p in total]
 
 
 # ---------------------------------------------------------------- submission
@@ -393,7 +395,7 @@ def make_submission(names: list[str] | None = None, out: str | Path | None = Non
           + (f" ({rep['blend_mcrmse_nested_floored']:.4f})" if "blend_mcrmse_nested_floored" in rep else ""))
     test = load_test() if test is None else test
     sample = load_sample_submission() if sample is None else sample
-    preds = [apply_floors(p, rep["floors"]) for p in ensemble_predict(runs, test, tta=tta, weights=rep["weights"], keep=True)]
+    preds = ensemble_predict(runs, test, tta=tta, weights=rep["weights"], keep=True, floors=rep["floors"])
     sub = submission_frame(test, preds)
     out = Path(out) if out else SUBMISSIONS_DIR / "submission.csv"
     write_submission(sub, sample, out)
@@ -482,8 +484,7 @@ def predict_file(inp: str | Path, out: str | Path, runs: list[str] | None = None
     df["predicted_loop_type"] = [loop_types(s) for s in df["structure"]]
     df["folding"] = [f.method for f in folds]
     rep = blend_report(runs=rs, df=train)        # as make submit: the blend's weights and floors (one run too)
-    preds = ensemble_predict(rs, df, tta=False, weights=rep["weights"], progress=progress)
-    preds = [apply_floors(p, rep["floors"]) for p in preds]
+    preds = ensemble_predict(rs, df, tta=False, weights=rep["weights"], progress=progress, floors=rep["floors"])
     rows = []
     for r, p in zip(df.to_dict("records"), preds):
         t = pd.DataFrame(p, columns=TARGETS)
