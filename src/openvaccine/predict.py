@@ -250,9 +250,10 @@ def nested_blend(oofs: list[np.ndarray], y: np.ndarray, mask: np.ndarray,
     out, floored = np.zeros_like(oofs[0]), np.zeros_like(oofs[0])
     for f in np.unique(folds):
         va = folds == f
-        W = fit_blend([o[~va] for o in oofs], y[~va], mask[~va])
+        train = [o[~va] for o in oofs]
+        W = fit_blend(train, y[~va], mask[~va])
         out[va] = blend([o[va] for o in oofs], W)
-        floored[va] = apply_floors(out[va], fit_floors(blend([o[~va] for o in oofs], W), y[~va], mask[~va]))
+        floored[va] = apply_floors(out[va], fit_floors(blend(train, W), y[~va], mask[~va]))
     return out, floored
 
 
