@@ -55,8 +55,8 @@ endif
 submit:  ## blend every trained run into submissions/submission.csv (validated)
 	$(PYTHON) -m openvaccine submit
 
-score:  ## OOF MCRMSE of each run and of the blend (also with weights fitted on other folds)
-	$(PYTHON) -m openvaccine score
+score:  ## OOF MCRMSE of each run and of the blend (also with weights fitted on other folds; POSITIONS=48:68: a window)
+	$(PYTHON) -m openvaccine score $(if $(POSITIONS),--positions $(POSITIONS))
 
 predict:  ## per-base predictions for new sequences: make predict INPUT=seqs.fasta OUT=preds.csv
 	@test -n "$(INPUT)" || (echo "usage: make predict INPUT=seqs.fasta OUT=preds.csv" && exit 2)

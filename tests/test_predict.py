@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 import torch
 
-from openvaccine import TARGETS
+from openvaccine import SCORED, TARGETS, cli
+from openvaccine.config import parse_window
 from openvaccine.data import DataError
 from openvaccine.predict import (apply_floors, blend, blend_report, ensemble_predict, fit_blend, fit_floors, nested_blend, load_runs, make_submission,
                                  prediction_jobs, predict_file, read_sequences, submission_frame, validate_submission,
@@ -279,6 +280,35 @@ def test_predict_short_and_long_sequences(trained, tmp_path):
     assert any(f is not None for f in floors.values())
     for t, f in floors.items():
         assert f is None or per_base[t].min() >= round(f, 5) - 1e-5
+
+
+@pytest.mark.parametrize("text", ["68", "5:2", "3:3", "-1:4", "a:b", "1:2:3"])
+def test_bad_windows_are_refused_before_any_work(text, tmp_path):
+    with pytest.raises(ValueError, match="expected START:END"):
+        parse_window(text)
+    with pytest.raises(ValueError, match="expected START:END"):          # before reading the input file
+        predict_file(tmp_path / "missing.fasta", tmp_path / "out.csv", window=text)
+    assert parse_window("48:68") == (48, 68)
+
+
+def test_scores_on_a_window_of_positions(trained):
+    d, run, train_df = trained
+    runs = load_runs(models_dir=d)
+    whole = blend_report(runs=runs, df=train_df)
+    oof = np.load(d / run / "oof.npz")["pred_tta"]                     # what the blend and submission use
+    good = train_df["SN_filter"].to_numpy() == 1
+    y = np.stack([np.stack([r[t] for t in TARGETS], 1) for r in train_df[good].to_dict("records")])
+    for lo, hi in ((0, 68), (48, 68), (60, 200)):
+        rep = blend_report(runs=runs, df=train_df, positions=(lo, hi))
+        err = (oof[good][:, lo:min(hi, 68)] - y[:, lo:hi]) ** 2
+        expected = np.mean([np.sqrt(err[..., TARGETS.index(t)].mean()) for t in SCORED])
+        assert rep["members"][run] == pytest.approx(expected, rel=1e-5)
+        assert rep["positions"] == [lo, min(hi, 68)]
+    assert blend_report(runs=runs, df=train_df, positions=(0, 68))["members"] == whole["members"]
+    with pytest.raises(ValueError, match="positions 70:90: no scored position there"):
+        blend_report(runs=runs, df=train_df, positions=(70, 90))
+    with pytest.raises(SystemExit):
+        cli.main(["score", "--positions", "68"])
 
 
 def test_runs_of_different_cv_groupings_are_not_blended(trained, tmp_path):

@@ -390,6 +390,29 @@ def test_pseudo_graphs_carry_labels_mask_and_weight(test_rows):
     assert torch.allclose(T.graph_weights(plain, {}), 0.5 * torch.log(1.1 + plain.sn))
 
 
+def test_label_positions_hide_the_later_targets_from_training_only(train_rows, tiny_cfg, tmp_path, monkeypatch):
+    graphs = build_graphs(pd.DataFrame(train_rows[:4]), progress=False, workers=1)
+    cut = T.with_labels_before(graphs, 20)
+    for g, h in zip(graphs, cut):
+        assert bool(h.score_mask[:20].all()) and not bool(h.score_mask[20:].any())
+        assert int(g.score_mask.sum()) == 68 and h.y is g.y                # the cached graph keeps its labels
+    assert T.with_labels_before(graphs, None) == graphs
+    with pytest.raises(ValueError, match="label_positions must be a positive number of positions, got 0"):
+        T.with_labels_before(graphs, 0)
+    masks = []
+    orig = T.train_fold
+
+    def spy(cfg, train_g, val_g, *a, **k):
+        masks.append(([int(g.score_mask.sum()) for gs in train_g for g in gs], [int(g.score_mask.sum()) for g in val_g]))
+        return orig(cfg, train_g, val_g, *a, **k)
+    monkeypatch.setattr(T, "train_fold", spy)
+    cfg = apply_overrides(json.loads(json.dumps(tiny_cfg)), ["train.label_positions=30", "train.epochs=1",
+                                                             "train.only_folds=[0]"])
+    T.train_run(cfg, run_name="lab30", df=pd.DataFrame(train_rows), models_dir=tmp_path, progress=False)
+    (train_counts, val_counts), = masks
+    assert set(train_counts) == {30} and set(val_counts) == {68}        # validation scores every position
+
+
 def test_pseudo_labelled_run_uses_its_folds_teacher(trained, tiny_cfg, test_rows, tmp_path, monkeypatch):
     import shutil
     d, teacher, df = trained
@@ -481,14 +504,16 @@ def test_options_added_later_leave_older_runs_fingerprints_alone(train_rows):
     """A config that spells out ``model.attn_layers: 0`` (or ``train.ema: 0``, ``graph.vienna_params: []``)
     is the one its runs were trained with."""
     df = pd.DataFrame(train_rows[:5])
-    cfg = load_config("smoke", ["model.attn_layers=0", "train.ema=0", "graph.vienna_params=[]", "train.cpu_bf16=false"])
+    cfg = load_config("smoke", ["model.attn_layers=0", "train.ema=0", "graph.vienna_params=[]", "train.cpu_bf16=false",
+                                "train.label_positions=null"])
     older = {k: v for k, v in cfg.items()}
     older["model"] = {k: v for k, v in cfg["model"].items() if k != "attn_layers"}
-    older["train"] = {k: v for k, v in cfg["train"].items() if k not in ("ema", "cpu_bf16")}
+    older["train"] = {k: v for k, v in cfg["train"].items() if k not in ("ema", "cpu_bf16", "label_positions")}
     older["graph"] = {k: v for k, v in cfg["graph"].items() if k != "vienna_params"}
     assert T.fingerprints(cfg, df) == T.fingerprints(older, df)
     for change in (["model.attn_layers=1", "train.ema=0"], ["model.attn_layers=0", "train.ema=0.99"],
-                   ["model.attn_layers=0", "train.cpu_bf16=true"], ["graph.vienna_params=[Langdon2018]"]):
+                   ["model.attn_layers=0", "train.cpu_bf16=true"], ["train.label_positions=48"],
+                   ["graph.vienna_params=[Langdon2018]"]):
         changed = T.fingerprints(load_config("smoke", change), df)
         assert changed != T.fingerprints(older, df)
     assert changed["features"] != T.fingerprints(older, df)["features"]       # the graphs differ too

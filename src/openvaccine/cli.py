@@ -10,7 +10,15 @@ import json
 import sys
 import time
 
-from .config import ConfigError, load_config
+from .config import ConfigError, load_config, parse_window
+
+
+def window_arg(text: str) -> tuple[int, int]:
+    """argparse type of ``--window`` / ``--positions`` (:func:`~openvaccine.config.parse_window`)."""
+    try:
+        return parse_window(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _cfg(args):
@@ -95,7 +103,7 @@ def cmd_submit(args):
 
 def cmd_score(args):
     from .predict import blend_report, blendable_runs
-    print(json.dumps(blend_report(runs=blendable_runs(args.runs)), indent=2))
+    print(json.dumps(blend_report(runs=blendable_runs(args.runs), positions=args.positions), indent=2))
 
 
 def cmd_predict(args):
@@ -173,12 +181,15 @@ def main(argv=None):
     p.set_defaults(fn=cmd_submit)
     p = sub.add_parser("score", help="OOF MCRMSE of each run and of the blend")
     p.add_argument("--runs", nargs="*", default=None)
+    p.add_argument("--positions", default=None, metavar="START:END", type=window_arg,
+                   help="score positions START..END-1 only (e.g. 48:68 after train.label_positions=48)")
     p.set_defaults(fn=cmd_score)
     p = sub.add_parser("predict", help="per-base predictions for new sequences (FASTA/CSV/JSON)")
     p.add_argument("--input", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--runs", nargs="*", default=None)
-    p.add_argument("--window", default=None, help="summary window START:END (0-based, end exclusive)")
+    p.add_argument("--window", default=None, type=window_arg, metavar="START:END",
+                   help="summary window START:END (0-based, end exclusive)")
     p.add_argument("--plot-dir", default=None, help="write one PNG per molecule here")
     p.set_defaults(fn=cmd_predict)
     p = sub.add_parser("report", help="table of every trained run (full and fold-subset) from models/*/cv.json")

@@ -26,7 +26,7 @@ from scipy.optimize import minimize
 from tqdm.auto import tqdm
 
 from . import TARGETS
-from .config import ROOT, atomic_path
+from .config import ROOT, atomic_path, parse_window
 from .data import DataError, data_fingerprint, load_sample_submission, load_test, load_train, normalise_sequence, pair_table
 from .graphs import build_graphs, feature_key, graph_params, tta_structures
 from .train import (MODELS_DIR, cpu_cores, exit_with_parent, fold_settings, get_device, load_fold_prediction,
@@ -258,9 +258,11 @@ def nested_blend(oofs: list[np.ndarray], y: np.ndarray, mask: np.ndarray,
 
 
 def blend_report(names: list[str] | None = None, runs: list[Run] | None = None,
-                 df: pd.DataFrame | None = None) -> dict:
+                 df: pd.DataFrame | None = None, positions: tuple[int, int] | None = None) -> dict:
     """OOF MCRMSE (3 scored columns, SN_filter=1) of every run and of the fitted blend; with
-    several runs also ``blend_mcrmse_nested``, the blend scored with weights fitted on other folds."""
+    several runs also ``blend_mcrmse_nested``, the blend scored with weights fitted on other folds.
+    ``positions`` ``(start, end)``: every score, weight and floor on the scored positions in that
+    window only (e.g. the positions a ``train.label_positions`` run never saw labelled)."""
     runs = runs or load_runs(names)
     check_same_grouping(runs)
     df = load_train() if df is None else df
@@ -273,6 +275,12 @@ def blend_report(names: list[str] | None = None, runs: list[Run] | None = None,
         s = int(r["seq_scored"])
         y[k, :s] = np.stack([r[t] for t in TARGETS], 1)
         mask[k, :s] = True
+    if positions is not None:
+        window = np.zeros(mask.shape[1], dtype=bool)
+        window[positions[0]:positions[1]] = True
+        mask &= window
+        if not mask.any():
+            raise ValueError(f"positions {positions[0]}:{positions[1]}: no scored position there (scored: 0:{L})")
     oofs, folds = map(list, zip(*[_oof_matrix(r, df) for r in runs]))
     W = fit_blend(oofs, y, mask)
     fitted = blend(oofs, W)
@@ -284,6 +292,8 @@ def blend_report(names: list[str] | None = None, runs: list[Run] | None = None,
                blend_rmse=dict(zip(TARGETS, np.sqrt(((fitted[mask] - y[mask]) ** 2).mean(0)).tolist())),
                floors=dict(zip(TARGETS, floors)), blend_mcrmse_floored=mcrmse(floored[mask], y[mask]),
                n_molecules=int(len(df)), max_scored=L)
+    if positions is not None:
+        rep["positions"] = [positions[0], min(positions[1], L)]
     if len(runs) > 1:          # weights fitted on the other folds of the first run (members may differ in folds)
         nested, nested_floored = nested_blend(oofs, y, mask, folds[0])
         rep["blend_mcrmse_nested"] = mcrmse(nested[mask], y[mask])
@@ -468,13 +478,16 @@ def read_sequences(path: str | Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def predict_file(inp: str | Path, out: str | Path, runs: list[str] | None = None, window: str | None = None,
+def predict_file(inp: str | Path, out: str | Path, runs: list[str] | None = None,
+                 window: str | tuple[int, int] | None = None,
                  plot_dir: str | Path | None = None, progress: bool = True,
                  models_dir: Path | str | None = None, train: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Per-base predictions for new sequences plus a per-molecule summary (``<out>_summary.csv``)."""
+    """Per-base predictions for new sequences plus a per-molecule summary (``<out>_summary.csv``); with
+    ``window`` (``"START:END"`` or a pair, :func:`parse_window`) its means and sums over those positions too."""
     from .folding import fold_cached, loop_types
     from .graphs import fold_params
     t0 = time.perf_counter()
+    lo, hi = parse_window(window) if isinstance(window, str) else window or (None, None)
     set_threads(None)
     df = read_sequences(inp)
     rs = blendable_runs(runs, models_dir)        # before folding: the blend weights need one grouping
@@ -494,12 +507,6 @@ def predict_file(inp: str | Path, out: str | Path, runs: list[str] | None = None
         t.insert(0, "id", r["id"])
         rows.append(t)
     per_base = pd.concat(rows, ignore_index=True)
-    lo, hi = None, None
-    if window:
-        try:
-            lo, hi = (int(v) for v in window.split(":"))
-        except ValueError:
-            raise SystemExit(f"--window {window!r}: expected START:END (0-based, end exclusive)")
     summ = []
     for r, p in zip(df.to_dict("records"), preds):
         s = dict(id=r["id"], length=len(p), structure_source=r["structure_source"], folding=r["folding"])

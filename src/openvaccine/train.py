@@ -289,7 +289,7 @@ def optimiser_step(loss: torch.Tensor, params: list, opt, sched, scaler) -> None
 
 
 # ``train`` options added after runs were trained, at their "off" value (left out of fingerprints)
-LATER_TRAIN_OPTIONS_OFF = {"ema": 0, "cpu_bf16": False}
+LATER_TRAIN_OPTIONS_OFF = {"ema": 0, "cpu_bf16": False, "label_positions": None}
 # ``train`` options that say how a run is carried out, not what its models are (never fingerprinted)
 RUN_ONLY_OPTIONS = ("only_folds", "jobs")
 
@@ -558,6 +558,23 @@ def with_loss_weight(graphs, weights) -> list:
     return out
 
 
+def with_labels_before(graphs, n: int | None) -> list:
+    """Shallow copies of ``graphs`` whose targets count at their first ``n`` positions only (``None``: the
+    graphs as they are). ``train.label_positions`` trains on these, so the CV's positions ``n``–67 play the
+    part of the 130-nt test molecules' positions 68–90: bases the model reads but never saw a label at."""
+    if n is None:
+        return list(graphs)
+    if int(n) < 1:
+        raise ValueError(f"train.label_positions must be a positive number of positions, got {n!r}")
+    out = []
+    for g in graphs:
+        h = copy.copy(g)
+        h.score_mask = g.score_mask.clone()
+        h.score_mask[int(n):] = False
+        out.append(h)
+    return out
+
+
 def pseudo_graphs(graphs, labels: list[np.ndarray], n_scored, weight: float) -> list:
     """Copies of unlabelled ``graphs`` labelled with ``labels`` on their first ``n_scored`` bases."""
     out = with_loss_weight(graphs, [weight] * len(graphs))
@@ -639,7 +656,7 @@ def train_run(cfg: dict, run_name: str | None = None, df: pd.DataFrame | None = 
             va_idx = np.nonzero((folds == f) & good)[0]
             va_all = np.nonzero(folds == f)[0]
             t0 = time.perf_counter()
-            train_g = [[gs[i] for i in tr_idx] for gs in [graphs] + alt]
+            train_g = [with_labels_before([gs[i] for i in tr_idx], t.get("label_positions")) for gs in [graphs] + alt]
             pseudo_g, teacher_fps = None, None
             if teachers:
                 labels, teacher_fps = teacher_labels(teachers, f, va_all, fps["data"], test_df, out.parent, device, bars)
