@@ -308,7 +308,7 @@ def test_scores_on_a_window_of_positions(trained):
     with pytest.raises(ValueError, match="positions 70:90: no scored position there"):
         blend_report(runs=runs, df=train_df, positions=(70, 90))
     with pytest.raises(SystemExit):
-        cli.main(["score", "--positions", "68"])
+        cli.main(["score", "--positions", "68"])                         # argparse: usage and the message
 
 
 def test_runs_of_different_cv_groupings_are_not_blended(trained, tmp_path):

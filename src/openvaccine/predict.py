@@ -26,7 +26,7 @@ from scipy.optimize import minimize
 from tqdm.auto import tqdm
 
 from . import TARGETS
-from .config import ROOT, atomic_path, parse_window
+from .config import ROOT, ConfigError, atomic_path, parse_window
 from .data import DataError, data_fingerprint, load_sample_submission, load_test, load_train, normalise_sequence, pair_table
 from .graphs import build_graphs, feature_key, graph_params, tta_structures
 from .train import (MODELS_DIR, cpu_cores, exit_with_parent, fold_settings, get_device, load_fold_prediction,
@@ -280,7 +280,7 @@ def blend_report(names: list[str] | None = None, runs: list[Run] | None = None,
         window[positions[0]:positions[1]] = True
         mask &= window
         if not mask.any():
-            raise ValueError(f"positions {positions[0]}:{positions[1]}: no scored position there (scored: 0:{L})")
+            raise ConfigError(f"positions {positions[0]}:{positions[1]}: no scored position there (scored: 0:{L})")
     oofs, folds = map(list, zip(*[_oof_matrix(r, df) for r in runs]))
     W = fit_blend(oofs, y, mask)
     fitted = blend(oofs, W)
