@@ -289,6 +289,10 @@ def test_fold_subset_run_is_reported_but_not_an_ensemble_member(trained, tiny_cf
     assert f"{rep['cv_mcrmse']:.4f}" in table
     (tmp_path / "part").rename(tmp_path / "part-v1")                 # a run moved aside keeps its new name
     assert "| part-v1 | transformer |" in T.experiments_table(tmp_path)
+    every = apply_overrides(cfg, [f"train.only_folds={list(range(t['folds']))}"])      # resumed with every fold listed
+    rep = T.train_run(every, run_name="part-v1", df=df, models_dir=tmp_path, progress=False)
+    assert not rep["partial"] and [f["fold"] for f in rep["folds"]] == list(range(t["folds"]))
+    assert [r.name for r in load_runs(models_dir=tmp_path)] == ["part-v1"]
 
 
 def test_packed_and_unpacked_rnn_paths_agree(train_rows):

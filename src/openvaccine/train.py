@@ -637,7 +637,6 @@ def train_run(cfg: dict, run_name: str | None = None, df: pd.DataFrame | None = 
     oof, oof_tta = [None] * len(df), [None] * len(df)
     fold_reports = []
     t_run = time.perf_counter()
-    only = t.get("only_folds")
     todo = run_folds(cfg)
     pending = unfinished_folds(cfg, out)
     jobs = fold_jobs(t, device, len(pending))
@@ -694,7 +693,8 @@ def train_run(cfg: dict, run_name: str | None = None, df: pd.DataFrame | None = 
         return None
     report = cv_report(df, graphs, oof, folds, fold_reports, cfg, run, fps, oof_tta=oof_tta, tta=tta)
     report["wall_seconds_this_call"] = time.perf_counter() - t_run
-    report["partial"] = only is not None            # a quick comparison on some folds: not an ensemble member
+    # a quick comparison on some folds is not an ensemble member; a subset resumed with every fold listed is
+    report["partial"] = set(todo) != set(range(int(t["folds"])))
     empty = np.full((130, 5), np.nan, dtype=np.float32)
 
     def padded(preds):
