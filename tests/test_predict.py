@@ -282,7 +282,7 @@ def test_predict_short_and_long_sequences(trained, tmp_path):
         assert f is None or per_base[t].min() >= round(f, 5) - 1e-5
 
 
-@pytest.mark.parametrize("text", ["68", "5:2", "3:3", "-1:4", "a:b", "1:2:3"])
+@pytest.mark.parametrize("text", ["68", "5:2", "3:3", "-1:4", "a:b", "1:2:3", (5, 2), (1, 2, 3)])
 def test_bad_windows_are_refused_before_any_work(text, tmp_path):
     with pytest.raises(ValueError, match="expected START:END"):
         parse_window(text)

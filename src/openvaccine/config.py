@@ -151,14 +151,13 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
-def parse_window(text: str) -> tuple[int, int]:
-    """``"START:END"`` (0-based positions, end exclusive) as ``(START, END)``: ``predict --window``,
-    ``score --positions``."""
-    parts = text.split(":")
+def parse_window(window: str | tuple[int, int]) -> tuple[int, int]:
+    """A window of positions, ``"START:END"`` or a pair (0-based, end exclusive), checked and returned as
+    ``(START, END)``: ``predict --window``, ``score --positions``."""
     try:
-        lo, hi = int(parts[0]), int(parts[1]) if len(parts) == 2 else None
-    except ValueError:
-        lo, hi = None, None
-    if lo is None or hi is None or not 0 <= lo < hi:
-        raise ValueError(f"{text!r}: expected START:END, 0-based with the end excluded and 0 <= START < END, e.g. 48:68")
+        lo, hi = map(int, window.split(":") if isinstance(window, str) else window)
+    except (TypeError, ValueError):                       # not two integers
+        lo = hi = -1
+    if not 0 <= lo < hi:
+        raise ValueError(f"{window!r}: expected START:END, 0-based with the end excluded and 0 <= START < END, e.g. 48:68")
     return lo, hi

@@ -276,6 +276,7 @@ def blend_report(names: list[str] | None = None, runs: list[Run] | None = None,
         y[k, :s] = np.stack([r[t] for t in TARGETS], 1)
         mask[k, :s] = True
     if positions is not None:
+        positions = parse_window(positions)
         window = np.zeros(mask.shape[1], dtype=bool)
         window[positions[0]:positions[1]] = True
         mask &= window
@@ -483,11 +484,12 @@ def predict_file(inp: str | Path, out: str | Path, runs: list[str] | None = None
                  plot_dir: str | Path | None = None, progress: bool = True,
                  models_dir: Path | str | None = None, train: pd.DataFrame | None = None) -> pd.DataFrame:
     """Per-base predictions for new sequences plus a per-molecule summary (``<out>_summary.csv``); with
-    ``window`` (``"START:END"`` or a pair, :func:`parse_window`) its means and sums over those positions too."""
+    ``window`` (``"START:END"`` or a pair, checked by :func:`~openvaccine.config.parse_window`) its means and sums
+    over those positions too."""
     from .folding import fold_cached, loop_types
     from .graphs import fold_params
     t0 = time.perf_counter()
-    lo, hi = parse_window(window) if isinstance(window, str) else window or (None, None)
+    lo, hi = parse_window(window) if window is not None else (None, None)
     set_threads(None)
     df = read_sequences(inp)
     rs = blendable_runs(runs, models_dir)        # before folding: the blend weights need one grouping

@@ -563,7 +563,7 @@ def with_labels_before(graphs, n: int | None) -> list:
     graphs as they are). ``train.label_positions`` trains on these, so the CV's positions ``n``–67 play the
     part of the 130-nt test molecules' positions 68–90: bases the model reads but never saw a label at."""
     if n is None:
-        return list(graphs)
+        return graphs
     if int(n) < 1:
         raise ValueError(f"train.label_positions must be a positive number of positions, got {n!r}")
     out = []
