@@ -51,3 +51,21 @@ def test_make_members_are_shipped_and_follow_their_teachers(gpu):
         assert name in CONFIGS, f"make train member {name!r} has no config"
         missing = upstream_runs(load_config(name)) - set(members[:i])
         assert not missing, f"make train member {name!r} comes before the runs it needs: {sorted(missing)}"
+
+
+PROXY = sorted(p.stem for p in (CONFIG_DIR / "proxy").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", PROXY)
+def test_proxy_configs_learn_from_proxy_runs_only(name):
+    # configs/proxy: runs trained on the labels of the first positions only, scored on the rest with
+    # `score --positions`; a teacher trained on those positions would hand their labels to its student
+    cfg = load_config(f"proxy/{name}")
+    assert cfg["name"] == name
+    assert cfg["train"]["label_positions"] is not None, f"proxy/{name}: trained on every position"
+    build_model(cfg, NUM_NODE_FEATURES, NUM_EDGE_FEATURES)
+    for up in upstream_runs(cfg):
+        assert up in PROXY, f"proxy/{name}: learns from {up!r}, which is not a proxy run"
+        teacher = load_config(f"proxy/{up}")
+        assert teacher["train"]["label_positions"] == cfg["train"]["label_positions"], (name, up)
+        assert fold_settings(teacher) == fold_settings(cfg), f"proxy/{name}: teacher {up!r} has other folds"
