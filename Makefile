@@ -6,15 +6,18 @@ CONFIG ?=
 # one's CV alone and blended with those before it). On a CPU: default_gatv2_lstm (GATv2 layers + BiLSTM, 17 epochs,
 # the best plain member), default_gatv2 (its BiGRU twin, 13 epochs), six pseudo-labelled students, each taught by the
 # runs before it, then a second seed of each of the first two; on a GPU eighteen, from the TransformerConv default to
-# the same six students. A student must come after its teachers, since the budget keeps a prefix of the list
+# the same six students. A student must come after its teachers, since the budget goes down the list in order
 # (tests/test_configs.py checks both lists). Measured: the CPU pair blends to 0.2367 with make submit's floors, the
 # first eight to 0.2307, the ten CPU runs and the two long GPU ones (default_gatv2_e26, default_gatv2_lstm_e34) to
 # 0.2292 (reports/experiments.md).
 # BUDGET (minutes; CPU only, 0 = none): `train --budget` measures this machine's training and inference speed for
-# each kind of member (~12 s a kind) and keeps MEMBERS, in order, while their estimated minutes of training and of
-# make submit's prediction passes add up to at most BUDGET (folding from a cold cache, a few minutes, comes on top).
-# On a 2-core Xeon it keeps the first two (67 min 33 s with make submit); on a 2-core AMD EPYC, twice as fast, three
-# (estimated).
+# each kind of member (~12 s a kind) and goes down MEMBERS keeping each member whose estimated minutes of training and
+# of make submit's prediction passes still fit in BUDGET (folding from a cold cache, a few minutes, comes on top).
+# `make plan` prints that choice and trains nothing. What fits depends on the CPU: a 2-core Xeon with AMX (bfloat16)
+# keeps the first two (67 min 33 s with make submit); a 2-core AMD EPYC without bfloat16 (AVX2 only: float32) the
+# first one (57 min 22 s for make setup all, CV 0.2401; a second make train && make submit added the second in 50 min
+# 34 s, 0.2355); an EPYC with AVX512-BF16, about twice the Xeon's speed, three (estimated). Each make train trains at
+# least one more member: run it again for the next budget's worth.
 # Your own set: make train MEMBERS="default_gatv2_lstm default_gatv2 default_gatv2_lstm_pseudo" BUDGET=0
 GPU := $(shell $(PYTHON) -c "import torch; print(int(torch.cuda.is_available()))" 2>/dev/null)
 MEMBERS ?= $(if $(filter 1,$(GPU)),default default_gatv2 wide pseudo_attn pseudo_attn2 pseudo_attn3_wide wide_drop0 default_gatv2_s7 default_gatv2_lstm default_gatv2_lstm_s11 default_gatv2_e26 default_gatv2_lstm_e34 default_gatv2_lstm_pseudo default_gatv2_lstm_pseudo2 default_gatv2_lstm_pseudo3 transformer_lstm_pseudo edgegated_lstm_pseudo edgegated_lstm_pseudo50,default_gatv2_lstm default_gatv2 default_gatv2_lstm_pseudo default_gatv2_lstm_pseudo2 default_gatv2_lstm_pseudo3 transformer_lstm_pseudo edgegated_lstm_pseudo edgegated_lstm_pseudo50 default_gatv2_lstm_s11 default_gatv2_s7)
@@ -22,7 +25,7 @@ BUDGET ?= $(if $(filter 1,$(GPU)),,60)
 INPUT ?=
 OUT ?= predictions.csv
 
-.PHONY: all help setup data features train submit score predict bench test report-loops report-structures clean-cache compare
+.PHONY: all help setup data features train plan submit score predict bench test report-loops report-structures clean-cache compare
 
 all: data features train submit
 
@@ -51,6 +54,9 @@ ifdef CONFIG
 else
 	$(PYTHON) -m openvaccine train --config $(MEMBERS) $(if $(BUDGET),--budget $(BUDGET),)
 endif
+
+plan:  ## the MEMBERS `make train` would train here within BUDGET (measures this CPU's speed, ~20 s a kind; trains nothing)
+	$(PYTHON) -m openvaccine train --config $(MEMBERS) $(if $(BUDGET),--budget $(BUDGET),) --plan
 
 submit:  ## blend every trained run into submissions/submission.csv (validated)
 	$(PYTHON) -m openvaccine submit

@@ -1,3 +1,4 @@
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -5,6 +6,8 @@ import torch
 from openvaccine import budget as B
 from openvaccine import train as T
 from openvaccine.config import apply_overrides, load_config
+from openvaccine.data import data_fingerprint
+from openvaccine.graphs import graph_params, tta_structures
 
 SPEED = dict(train_graphs_per_s=40.0, infer_graphs_per_s=200.0)
 
@@ -31,6 +34,7 @@ def test_run_minutes_follows_its_formula():
     got = B.run_minutes(cfg, 5, n, m, 3634 * 126, SPEED, jobs=2)
     assert got == pytest.approx((5 * fold_s + submit_s) / 2 / 60)
     assert B.run_minutes(cfg, 0, n, m, 3634 * 126, SPEED, jobs=2) == pytest.approx(submit_s / 2 / 60)
+    assert B.run_minutes(cfg, 0, n, m, 3634 * 126, SPEED, jobs=2, predicted=2) == pytest.approx(0.6 * submit_s / 2 / 60)
     student = load_config("default_gatv2_lstm_pseudo")  # 17 epochs, a quarter of the test molecules in each
     e = 17                                              # (its teachers' labels: their own submit passes, kept)
     fold_s = e * ((n - n / k + 0.25 * 3634) / 40.0 + (n / k) / 200.0) + 3 * (m / k) / 200.0
@@ -69,7 +73,9 @@ def test_within_budget_keeps_members_in_order_while_they_fit(on_cpu, tmp_path, c
     assert [c["name"] for c in B.within_budget(cfgs, sum(each[:2]) + 0.1, **kw)] == names[:2]
     out = capsys.readouterr().out
     assert "2 of 4 members fit" in out and "default_gatv2_s7" in out and "left out" in out
+    assert "2 left out: the same command again trains the next budget's worth" in out
     assert [c["name"] for c in B.within_budget(cfgs, 1e9, **kw)] == names
+    assert "left out" not in capsys.readouterr().out
     assert [c["name"] for c in B.within_budget(cfgs, 1.0, **kw)] == names[:1]        # the first is always kept
     # folds already trained cost nothing but their prediction passes: the third now fits
     for f in range(5):
@@ -78,6 +84,28 @@ def test_within_budget_keeps_members_in_order_while_they_fit(on_cpu, tmp_path, c
     done = B.run_minutes(cfgs[2], 0, 2000, 2000, 390000, SPEED, 2)
     kept = B.within_budget(cfgs, sum(each[:2]) + done + 0.1, **kw)
     assert [c["name"] for c in kept] == names[:3]
+    # and once an earlier make submit kept a fold's test predictions, that fold's passes cost nothing either
+    run = tmp_path / "default_gatv2_lstm_s11"
+    structures = tta_structures(graph_params(cfgs[2]))
+    T.save_fold_prediction(run / "fold0.pt", structures, data_fingerprint(test_df), [np.zeros((130, 5))] * 3000)
+    assert B.kept_predictions(cfgs[2], run, data_fingerprint(test_df)) == 1
+    assert B.kept_predictions(cfgs[2], run, data_fingerprint(test_df.head(2))) == 0          # kept for other molecules
+    (run / "fold0.pt").write_bytes(b"retrained")                          # kept for an earlier training of it
+    assert B.kept_predictions(cfgs[2], run, data_fingerprint(test_df)) == 0
+    T.save_fold_prediction(run / "fold0.pt", structures, data_fingerprint(test_df), [np.zeros((130, 5))] * 3000)
+    less = B.run_minutes(cfgs[2], 0, 2000, 2000, 390000, SPEED, 2, predicted=1)
+    assert less == pytest.approx(0.8 * done)
+    assert [c["name"] for c in B.within_budget(cfgs, sum(each[:2]) + less + 0.01, **kw)] == names[:3]
+    assert [c["name"] for c in B.within_budget(cfgs, sum(each[:2]) + less - 0.01, **kw)] == names[:2]
+    # with the first two trained too, the next member with folds to train is kept even over the budget: each
+    # call trains one more (default_gatv2_s7, after the trained three), and nothing after it over the budget
+    for name in names[:2]:
+        (tmp_path / name).mkdir(exist_ok=True)
+        for f in range(5):
+            (tmp_path / name / f"fold{f}.pt").write_bytes(b"")
+    assert [c["name"] for c in B.within_budget(cfgs, 1.0, **kw)] == names
+    more = cfgs + [apply_overrides(load_config("default_gatv2"), ["name=another"])]
+    assert [c["name"] for c in B.within_budget(more, 1.0, **kw)] == names
 
 
 def test_a_student_of_a_member_left_out_is_left_out(on_cpu, tmp_path, capsys):
@@ -118,3 +146,20 @@ def test_train_command_budget_selects_members_before_training(monkeypatch):
     got.clear()
     cli.main(["train", "--config", "smoke", "default_gatv2", "--budget", "0"])    # 0: no budget
     assert got == dict(runs=["smoke", "default_gatv2"])
+
+
+def test_train_plan_names_the_runs_and_trains_nothing(monkeypatch, capsys, tmp_path):
+    from openvaccine import cli
+    monkeypatch.setattr(T, "MODELS_DIR", tmp_path)
+    (tmp_path / "default_gatv2").mkdir()
+    (tmp_path / "default_gatv2" / "fold3.pt").write_bytes(b"")
+    def train(*a, **k):
+        raise AssertionError("--plan trained")
+    monkeypatch.setattr(T, "train_runs", train)
+    monkeypatch.setattr(T, "train_run", train)
+    monkeypatch.setattr(B, "within_budget", lambda cfgs, minutes: cfgs[1:])
+    cli.main(["train", "--config", "smoke", "default_gatv2", "default_gatv2_s7", "--budget", "45", "--plan"])
+    assert capsys.readouterr().out.strip() == ("train --plan: would train default_gatv2 (4 folds left), "
+                                               "default_gatv2_s7 (5 folds left)")
+    cli.main(["train", "--config", "smoke", "--run-name", "x", "--plan"])     # one config: no budget, its run name
+    assert capsys.readouterr().out.strip() == "train --plan: would train x (2 folds left)"

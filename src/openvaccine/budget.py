@@ -14,13 +14,14 @@ the same speeds as one alone, 46.9 training graphs/s each for ``default_gatv2``)
 
     t_\\text{run} = \\frac{1}{J}\\Big[F\\Big(E\\Big(\\frac{N_\\text{train}}{v_\\text{train}}
         + \\frac{N_\\text{val}}{v_\\text{infer}}\\Big) + \\frac{S\\,M/K}{v_\\text{infer}}\\Big)
-        + K\\,S\\,\\frac{N_\\text{test}\\,\\bar L_\\text{test}}{v_\\text{infer}\\,\\bar L_\\text{bench}}\\Big]
+        + (K - P)\\,S\\,\\frac{N_\\text{test}\\,\\bar L_\\text{test}}{v_\\text{infer}\\,\\bar L_\\text{bench}}\\Big]
 
 with :math:`F` its unfinished folds of :math:`K`, :math:`E` epochs (an upper bound: early stopping
 only shortens it), :math:`N_\\text{val} = N/K` and :math:`N_\\text{train} = N - N_\\text{val}` of the
 :math:`N` usable training molecules, :math:`S` the structures each molecule is predicted on (a fold's
 :math:`M/K` of all :math:`M` training molecules for its OOF predictions, and ``make submit``'s test
-molecules, per fold, with lengths scaled from the measured molecules' to the test molecules'),
+molecules, per fold, with lengths scaled from the measured molecules' to the test molecules'; :math:`P`
+of the :math:`K` folds keep theirs from an earlier ``make submit`` and are not predicted again),
 and :math:`J` the processes sharing the cores. A pseudo-labelled student's epochs also hold the share
 :math:`f` (``train.pseudo_frac``) of the :math:`N_\\text{test}` test molecules:
 :math:`N_\\text{train} + f N_\\text{test}` molecules an epoch, its :math:`v_\\text{train}` measured on
@@ -33,13 +34,14 @@ and taken by ``make submit``: counted once, in the teachers' own terms. Folding 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pandas as pd
 
-from .data import load_test, load_train
+from .data import data_fingerprint, load_test, load_train
 from .graphs import graph_params, tta_structures
-from .train import (MODELS_DIR, benchmark, cpu_cores, get_device, pool_jobs, pseudo_frac, set_threads,
-                    unfinished_folds, upstream_runs, usable_rows)
+from .train import (MODELS_DIR, benchmark, cpu_cores, get_device, load_fold_prediction, pool_jobs, pseudo_frac,
+                    run_folds, set_threads, unfinished_folds, upstream_runs, usable_rows)
 
 
 def speed_key(cfg: dict) -> str:
@@ -58,16 +60,26 @@ def pseudo_share(cfg: dict) -> float:
 
 
 def run_minutes(cfg: dict, folds_left: int, n_usable: int, n_rows: int, test_nt: int, speed: dict, jobs: int,
-                bench_length: float = 107.0, n_test: int = 0) -> float:
+                bench_length: float = 107.0, n_test: int = 0, predicted: int = 0) -> float:
     """Estimated minutes a run adds to ``make train && make submit`` on ``jobs`` processes (module docstring);
-    ``n_test``: the test molecules, a share of which joins a student's epochs."""
+    ``n_test``: the test molecules, a share of which joins a student's epochs; ``predicted``: its folds whose
+    test predictions are already kept (:func:`kept_predictions`), which ``make submit`` does not make again."""
     t = cfg["train"]
     k, epochs, s = int(t["folds"]), int(t["epochs"]), len(tta_structures(graph_params(cfg)))
     n_val, v_train, v_infer = n_usable / k, speed["train_graphs_per_s"], speed["infer_graphs_per_s"]
     n_epoch = n_usable - n_val + pseudo_share(cfg) * n_test     # a student's speed is measured on that mix
     fold_s = epochs * (n_epoch / v_train + n_val / v_infer) + s * n_rows / k / v_infer
-    submit_s = k * s * test_nt / bench_length / v_infer    # the test molecules in measured molecules' lengths
+    submit_s = (k - predicted) * s * test_nt / bench_length / v_infer   # test molecules in measured lengths
     return (folds_left * fold_s + submit_s) / jobs / 60.0
+
+
+def kept_predictions(cfg: dict, run_dir: Path, test_fp: str) -> int:
+    """How many of a run's trained folds keep their predictions of the test molecules ``test_fp``
+    (:func:`~openvaccine.data.data_fingerprint`) from an earlier ``make submit`` or as a teacher's labels
+    (:func:`~openvaccine.train.load_fold_prediction`), valid for their checkpoints."""
+    structures = tta_structures(graph_params(cfg))
+    paths = [run_dir / f"fold{f}.pt" for f in run_folds(cfg)]
+    return sum(p.is_file() and load_fold_prediction(p, structures, test_fp) is not None for p in paths)
 
 
 def student_mix(cfg: dict, n: int, n_usable: int, test_df: pd.DataFrame) -> pd.DataFrame | None:
@@ -85,8 +97,9 @@ def within_budget(cfgs: list[dict], minutes: float, models_dir=None, df: pd.Data
                   speeds: dict | None = None, verbose: bool = True) -> list[dict]:
     """The members of ``cfgs`` (in order) whose estimated minutes, added up, fit in ``minutes``.
 
-    The first member is always kept; a member taught by a member left out, or started from one
-    (:func:`~openvaccine.train.upstream_runs`), is left out too. ``speeds`` (:func:`speed_key` →
+    The first member with folds to train is always kept (after the trained ones before it, which cost only
+    their prediction passes), so each call trains at least one more member; a member taught by a member left
+    out, or started from one (:func:`~openvaccine.train.upstream_runs`), is left out too. ``speeds`` (:func:`speed_key` →
     :func:`~openvaccine.train.benchmark` result) skips the measurement. On a GPU, where folds share one
     device, the estimate does not hold: every member is kept."""
     device = get_device()
@@ -97,7 +110,7 @@ def within_budget(cfgs: list[dict], minutes: float, models_dir=None, df: pd.Data
     models_dir = models_dir or MODELS_DIR
     df = load_train() if df is None else df
     test_df = load_test() if test_df is None else test_df
-    test_nt = int(test_df["seq_length"].sum())
+    test_nt, test_fp = int(test_df["seq_length"].sum()), data_fingerprint(test_df)
     left = {c.get("name", "run"): unfinished_folds(c, models_dir / c.get("name", "run")) for c in cfgs}
     jobs = pool_jobs(cfgs, device, max(1, sum(len(v) for v in left.values())))
     speeds = dict(speeds or {})
@@ -114,8 +127,9 @@ def within_budget(cfgs: list[dict], minutes: float, models_dir=None, df: pd.Data
         if key not in speeds:
             speeds[key] = benchmark(c, n_graphs=n, passes=passes, threads=threads, df=df, verbose=False,
                                     pseudo_df=student_mix(c, n, n_usable, test_df))
-        est = run_minutes(c, len(left[name]), n_usable, len(df), test_nt, speeds[key], jobs, n_test=len(test_df))
-        if kept and total + est > minutes:
+        est = run_minutes(c, len(left[name]), n_usable, len(df), test_nt, speeds[key], jobs, n_test=len(test_df),
+                          predicted=kept_predictions(c, models_dir / name, test_fp))
+        if any(left[k.get("name", "run")] for k in kept) and total + est > minutes:
             dropped.add(name)
             lines.append(f"  {name}: ~{est:.0f} min, left out ({total:.0f} + {est:.0f} > {minutes:g})")
             continue
@@ -128,5 +142,8 @@ def within_budget(cfgs: list[dict], minutes: float, models_dir=None, df: pd.Data
         print(f"train --budget {minutes:g}: {len(kept)} of {len(cfgs)} members fit, ~{total:.0f} min of training "
               f"and prediction passes in {jobs} processes (folding and graphs from a cold cache come on top)")
         print("\n".join(lines))
+        if dropped:
+            print(f"  {len(dropped)} left out: the same command again trains the next budget's worth (members already "
+                  "trained count only at the prediction passes they still need); make train BUDGET=0 trains all")
     set_threads(None)                    # the measurement ran in a fold process's threads
     return kept

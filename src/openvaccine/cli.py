@@ -84,15 +84,20 @@ def cmd_train(args):
     from .train import train_run, train_runs
     configs = [c for c in args.config if "=" not in c]           # `--config a b k=v`: k=v is an override
     overrides = [c for c in args.config if "=" in c] + args.overrides
-    if len(configs) == 1:
-        train_run(load_config(configs[0], overrides), run_name=args.run_name)
-    elif args.run_name:
+    if len(configs) > 1 and args.run_name:
         sys.exit("train: --run-name names one run; with several configs each run takes its config's name")
+    cfgs = [load_config(c, overrides) for c in configs]
+    if len(configs) > 1 and args.budget:
+        from .budget import within_budget
+        cfgs = within_budget(cfgs, args.budget)
+    if args.plan:
+        from .train import MODELS_DIR, unfinished_folds
+        names = [args.run_name or c.get("name", "run") for c in cfgs]
+        print("train --plan: would train " + ", ".join(
+            f"{n} ({len(unfinished_folds(c, MODELS_DIR / n))} folds left)" for n, c in zip(names, cfgs)))
+    elif len(configs) == 1:
+        train_run(cfgs[0], run_name=args.run_name)
     else:
-        cfgs = [load_config(c, overrides) for c in configs]
-        if args.budget:
-            from .budget import within_budget
-            cfgs = within_budget(cfgs, args.budget)
         train_runs(cfgs)
 
 
@@ -173,6 +178,8 @@ def main(argv=None):
     p.add_argument("--budget", type=float, default=None, metavar="MIN",
                    help="with several configs: keep them, in order, while the estimated minutes of training "
                         "and of make submit's prediction passes fit in MIN on this CPU (0: no budget)")
+    p.add_argument("--plan", action="store_true",
+                   help="print the runs it would train (with --budget: after measuring this CPU) and train nothing")
     p.set_defaults(fn=cmd_train)
     p = sub.add_parser("submit", help="ensemble trained runs into submissions/submission.csv")
     p.add_argument("--runs", nargs="*", default=None, help="run folders under models/ (default: all complete)")
