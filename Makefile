@@ -55,7 +55,7 @@ else
 	$(PYTHON) -m openvaccine train --config $(MEMBERS) $(if $(BUDGET),--budget $(BUDGET),)
 endif
 
-plan:  ## the MEMBERS `make train` would train here within BUDGET (measures this CPU's speed, ~20 s a kind; trains nothing)
+plan:  ## the MEMBERS `make train` would train here within BUDGET (measures this CPU's speed as it does; trains nothing)
 	$(PYTHON) -m openvaccine train --config $(MEMBERS) $(if $(BUDGET),--budget $(BUDGET),) --plan
 
 submit:  ## blend every trained run into submissions/submission.csv (validated)

@@ -99,8 +99,8 @@ def within_budget(cfgs: list[dict], minutes: float, models_dir=None, df: pd.Data
 
     The first member with folds to train is always kept (after the trained ones before it, which cost only
     their prediction passes), so each call trains at least one more member; a member taught by a member left
-    out, or started from one (:func:`~openvaccine.train.upstream_runs`), is left out too. ``speeds`` (:func:`speed_key` →
-    :func:`~openvaccine.train.benchmark` result) skips the measurement. On a GPU, where folds share one
+    out, or started from one (:func:`~openvaccine.train.upstream_runs`), is left out too. ``speeds``
+    (:func:`speed_key` → :func:`~openvaccine.train.benchmark` result) skips the measurement. On a GPU, where folds share one
     device, the estimate does not hold: every member is kept."""
     device = get_device()
     if device.type != "cpu":
