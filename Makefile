@@ -11,8 +11,9 @@ CONFIG ?=
 # first eight to 0.2307, the ten CPU runs and the two long GPU ones (default_gatv2_e26, default_gatv2_lstm_e34) to
 # 0.2292 (reports/experiments.md).
 # BUDGET (minutes; CPU only, 0 = none): `train --budget` measures this machine's training and inference speed for
-# each kind of member (~12 s a kind) and goes down MEMBERS keeping each member whose estimated minutes of training and
-# of make submit's prediction passes still fit in BUDGET (folding from a cold cache, a few minutes, comes on top).
+# each kind of member (~12 s a kind; not for members trained and predicted already, which cost nothing) and goes down
+# MEMBERS keeping each member whose estimated minutes of training and of make submit's prediction passes still fit in
+# BUDGET (folding from a cold cache, a few minutes, comes on top).
 # `make plan` prints that choice and trains nothing. What fits depends on the CPU: a 2-core Xeon with AMX (bfloat16)
 # keeps the first two (67 min 33 s with make submit); a 2-core AMD EPYC without bfloat16 (AVX2 only: float32) the
 # first one (57 min 22 s for make setup all, CV 0.2401; a second make train && make submit added the second in 50 min

@@ -108,6 +108,29 @@ def test_within_budget_keeps_members_in_order_while_they_fit(on_cpu, tmp_path, c
     assert [c["name"] for c in B.within_budget(more, 1.0, **kw)] == names
 
 
+def test_a_member_trained_and_predicted_is_not_measured(on_cpu, tmp_path, capsys, monkeypatch):
+    df, test_df = frames()
+    done, todo = load_config("default_gatv2_lstm"), load_config("default_gatv2")
+    measured = []
+    monkeypatch.setattr(B, "benchmark", lambda c, **kw: measured.append(c["name"]) or SPEED)
+    run, fp = tmp_path / done["name"], data_fingerprint(test_df)
+    run.mkdir()
+    structures = tta_structures(graph_params(done))
+    for f in range(5):
+        (run / f"fold{f}.pt").write_bytes(b"trained")
+        if f:                                                    # fold 0's test predictions not kept yet
+            T.save_fold_prediction(run / f"fold{f}.pt", structures, fp, [np.zeros((107, 5))] * len(test_df))
+    kw = dict(models_dir=tmp_path, df=df, test_df=test_df)
+    assert [c["name"] for c in B.within_budget([done, todo], 1e9, **kw)] == [done["name"], todo["name"]]
+    assert measured == [done["name"], todo["name"]]             # fold 0's prediction passes still cost
+    T.save_fold_prediction(run / "fold0.pt", structures, fp, [np.zeros((107, 5))] * len(test_df))
+    measured.clear()
+    capsys.readouterr()
+    assert [c["name"] for c in B.within_budget([done, todo], 1e9, **kw)] == [done["name"], todo["name"]]
+    assert measured == [todo["name"]]
+    assert f"{done['name']}: 0 min (trained, its test predictions kept)" in capsys.readouterr().out
+
+
 def test_a_student_of_a_member_left_out_is_left_out(on_cpu, tmp_path, capsys):
     df, test_df = frames()
     teacher = load_config("default_gatv2")

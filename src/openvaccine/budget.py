@@ -100,8 +100,9 @@ def within_budget(cfgs: list[dict], minutes: float, models_dir=None, df: pd.Data
     The first member with folds to train is always kept (after the trained ones before it, which cost only
     their prediction passes), so each call trains at least one more member; a member taught by a member left
     out, or started from one (:func:`~openvaccine.train.upstream_runs`), is left out too. ``speeds``
-    (:func:`speed_key` → :func:`~openvaccine.train.benchmark` result) skips the measurement. On a GPU, where folds share one
-    device, the estimate does not hold: every member is kept."""
+    (:func:`speed_key` → :func:`~openvaccine.train.benchmark` result) skips the measurement, as does a member
+    trained and predicted already (:func:`kept_predictions` for every fold), which costs nothing. On a GPU,
+    where folds share one device, the estimate does not hold: every member is kept."""
     device = get_device()
     if device.type != "cpu":
         if verbose:
@@ -122,13 +123,18 @@ def within_budget(cfgs: list[dict], minutes: float, models_dir=None, df: pd.Data
             dropped.add(name)
             lines.append(f"  {name}: left out (a run it learns from is)")
             continue
+        predicted = kept_predictions(c, models_dir / name, test_fp)
+        if not left[name] and predicted == len(run_folds(c)):       # nothing left to do: nothing to measure
+            kept.append(c)
+            lines.append(f"  {name}: 0 min (trained, its test predictions kept)")
+            continue
         key = speed_key(c)
         n_usable = int(usable_rows(df, c["train"]).sum())
         if key not in speeds:
             speeds[key] = benchmark(c, n_graphs=n, passes=passes, threads=threads, df=df, verbose=False,
                                     pseudo_df=student_mix(c, n, n_usable, test_df))
         est = run_minutes(c, len(left[name]), n_usable, len(df), test_nt, speeds[key], jobs, n_test=len(test_df),
-                          predicted=kept_predictions(c, models_dir / name, test_fp))
+                          predicted=predicted)
         if any(left[k.get("name", "run")] for k in kept) and total + est > minutes:
             dropped.add(name)
             lines.append(f"  {name}: ~{est:.0f} min, left out ({total:.0f} + {est:.0f} > {minutes:g})")
