@@ -40,7 +40,7 @@ import pandas as pd
 
 from .data import data_fingerprint, load_test, load_train
 from .graphs import graph_params, tta_structures
-from .train import (MODELS_DIR, benchmark, cpu_cores, get_device, load_fold_prediction, pool_jobs, pseudo_frac,
+from .train import (MODELS_DIR, benchmark, cpu_cores, get_device, kept_fold_prediction, pool_jobs, pseudo_frac,
                     run_folds, set_threads, unfinished_folds, upstream_runs, usable_rows)
 
 
@@ -76,10 +76,10 @@ def run_minutes(cfg: dict, folds_left: int, n_usable: int, n_rows: int, test_nt:
 def kept_predictions(cfg: dict, run_dir: Path, test_fp: str) -> int:
     """How many of a run's trained folds keep their predictions of the test molecules ``test_fp``
     (:func:`~openvaccine.data.data_fingerprint`) from an earlier ``make submit`` or as a teacher's labels
-    (:func:`~openvaccine.train.load_fold_prediction`), valid for their checkpoints."""
+    (:func:`~openvaccine.train.kept_fold_prediction`), valid for their checkpoints."""
     structures = tta_structures(graph_params(cfg))
     paths = [run_dir / f"fold{f}.pt" for f in run_folds(cfg)]
-    return sum(p.is_file() and load_fold_prediction(p, structures, test_fp) is not None for p in paths)
+    return sum(p.is_file() and kept_fold_prediction(p, structures, test_fp) is not None for p in paths)
 
 
 def student_mix(cfg: dict, n: int, n_usable: int, test_df: pd.DataFrame) -> pd.DataFrame | None:
@@ -124,7 +124,7 @@ def within_budget(cfgs: list[dict], minutes: float, models_dir=None, df: pd.Data
             lines.append(f"  {name}: left out (a run it learns from is)")
             continue
         predicted = kept_predictions(c, models_dir / name, test_fp)
-        if not left[name] and predicted == len(run_folds(c)):       # nothing left to do: nothing to measure
+        if predicted == len(run_folds(c)):        # every fold trained and predicted: nothing to do, nor to measure
             kept.append(c)
             lines.append(f"  {name}: 0 min (trained, its test predictions kept)")
             continue

@@ -484,16 +484,23 @@ def fold_prediction_path(path: Path, structures: list[str], data_fp: str) -> Pat
     return path.parent / "predictions" / f"{path.stem}-{'+'.join(structures)}-{data_fp}.npz"
 
 
-def load_fold_prediction(path: Path, structures: list[str], data_fp: str) -> list[np.ndarray] | None:
-    """The per-molecule prediction :func:`save_fold_prediction` kept for this checkpoint, molecules and
-    structures, or None (never made, or made by an earlier training of the fold)."""
+def kept_fold_prediction(path: Path, structures: list[str], data_fp: str) -> Path | None:
+    """The file of the prediction :func:`save_fold_prediction` kept for this checkpoint, molecules and
+    structures, or None (never made, or made by an earlier training of the fold); reads no predictions."""
     f = fold_prediction_path(path, structures, data_fp)
     if not f.is_file():
         return None
-    z = np.load(f)
-    if str(z["checkpoint"]) != checkpoint_key(path):
+    with np.load(f) as z:
+        return f if str(z["checkpoint"]) == checkpoint_key(path) else None
+
+
+def load_fold_prediction(path: Path, structures: list[str], data_fp: str) -> list[np.ndarray] | None:
+    """The per-molecule prediction :func:`kept_fold_prediction` finds for this checkpoint, or None."""
+    f = kept_fold_prediction(path, structures, data_fp)
+    if f is None:
         return None
-    return np.split(z["pred"], np.cumsum(z["lengths"])[:-1])
+    with np.load(f) as z:
+        return np.split(z["pred"], np.cumsum(z["lengths"])[:-1])
 
 
 def save_fold_prediction(path: Path, structures: list[str], data_fp: str, pred: list[np.ndarray]) -> Path:
