@@ -19,6 +19,7 @@ from torch_geometric.nn import GATv2Conv, GINEConv, SAGEConv, TransformerConv
 from torch_geometric.utils import to_dense_adj, to_dense_batch
 
 from ..config import without_later_options
+from .dropout import Dropout
 from .edge_gated import EdgeGatedConv
 from .seq_attention import PairBiasedAttention
 
@@ -46,8 +47,8 @@ class Block(nn.Module):
         self.kind = kind
         self.norm1, self.norm2 = nn.LayerNorm(h), nn.LayerNorm(h)
         self.conv = make_conv(kind, h, edge_dim, heads)
-        self.ffn = nn.Sequential(nn.Linear(h, 2 * h), nn.GELU(), nn.Dropout(dropout), nn.Linear(2 * h, h))
-        self.drop = nn.Dropout(dropout)
+        self.ffn = nn.Sequential(nn.Linear(h, 2 * h), nn.GELU(), Dropout(dropout), nn.Linear(2 * h, h))
+        self.drop = Dropout(dropout)
         self.act = nn.GELU()
 
     def forward(self, h: Tensor, edge_index: Tensor, edge_attr: Tensor) -> Tensor:
@@ -78,7 +79,7 @@ class DegradationGNN(nn.Module):
         if attn_layers < 0:
             raise ValueError(f"model.attn_layers must be >= 0, got {attn_layers}")
         self.attn = nn.ModuleList(PairBiasedAttention(head_in, heads, edge_dim, dropout) for _ in range(attn_layers))
-        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(head_in, out_dim))
+        self.head = nn.Sequential(Dropout(dropout), nn.Linear(head_in, out_dim))
 
     def forward(self, data) -> Tensor:
         """Predictions for the base nodes of the batch, in node order: [num_bases, out_dim]."""

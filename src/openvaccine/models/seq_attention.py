@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .dropout import Dropout
+
 
 def alibi_slopes(heads: int) -> Tensor:
     """:math:`2^{-8(h+1)/H}` for :math:`h = 0..H-1`: geometric, from steep (local) to flat (global)."""
@@ -38,8 +40,8 @@ class PairBiasedAttention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.out = nn.Linear(dim, dim)
         self.edge_bias = nn.Linear(edge_dim, heads, bias=False)
-        self.ffn = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(2 * dim, dim))
-        self.drop = nn.Dropout(dropout)
+        self.ffn = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), Dropout(dropout), nn.Linear(2 * dim, dim))
+        self.drop = Dropout(dropout)
         self.register_buffer("slopes", alibi_slopes(heads), persistent=False)
 
     def bias(self, edges: Tensor, mask: Tensor) -> Tensor:
