@@ -40,7 +40,7 @@ import pandas as pd
 
 from .data import data_fingerprint, load_test, load_train
 from .graphs import graph_params, tta_structures
-from .train import (MODELS_DIR, benchmark, cpu_cores, get_device, kept_fold_prediction, pool_jobs, pseudo_frac,
+from .train import (MODELS_DIR, benchmark, cpu_cores, fold_path, get_device, kept_fold_prediction, pool_jobs, pseudo_frac,
                     run_folds, set_threads, unfinished_folds, upstream_runs, usable_rows)
 
 
@@ -78,7 +78,7 @@ def kept_predictions(cfg: dict, run_dir: Path, test_fp: str) -> int:
     (:func:`~openvaccine.data.data_fingerprint`) from an earlier ``make submit`` or as a teacher's labels
     (:func:`~openvaccine.train.kept_fold_prediction`), valid for their checkpoints."""
     structures = tta_structures(graph_params(cfg))
-    paths = [run_dir / f"fold{f}.pt" for f in run_folds(cfg)]
+    paths = [fold_path(run_dir, f) for f in run_folds(cfg)]
     return sum(p.is_file() and kept_fold_prediction(p, structures, test_fp) is not None for p in paths)
 
 

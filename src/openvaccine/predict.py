@@ -29,7 +29,7 @@ from . import TARGETS
 from .config import ROOT, ConfigError, atomic_path, parse_window
 from .data import DataError, data_fingerprint, load_sample_submission, load_test, load_train, normalise_sequence, pair_table
 from .graphs import build_graphs, feature_key, graph_params, tta_structures
-from .train import (MODELS_DIR, cpu_cores, exit_with_parent, fold_settings, get_device, load_fold_prediction,
+from .train import (MODELS_DIR, cpu_cores, exit_with_parent, fold_path, fold_settings, get_device, load_fold_prediction,
                     load_model, mcrmse, predict_graphs, save_fold_prediction, set_threads)
 
 SUBMISSIONS_DIR = ROOT / "submissions"
@@ -75,7 +75,7 @@ def load_runs(names: list[str] | None = None, models_dir: Path | str | None = No
         k = int(cv["config"]["train"]["folds"])
         cks = []
         for f in range(k):
-            p = d / f"fold{f}.pt"
+            p = fold_path(d, f)
             if not p.is_file():
                 raise NoModelsError(f"{p} missing; rerun `make train` to complete the run")
             cks.append(torch.load(p, weights_only=False, map_location="cpu"))
@@ -322,7 +322,7 @@ def ensemble_predict(runs: list[Run], df: pd.DataFrame, tta: bool = True, weight
     for i, (r, _) in enumerate(members):
         structures = tta_structures(r.graph) if tta else ["given"]
         for ck in r.checkpoints:
-            path = r.path / f"fold{ck['fold']}.pt"
+            path = fold_path(r.path, ck['fold'])
             folds[i, ck["fold"]] = (path, structures)
             kept = load_fold_prediction(path, structures, data_fp) if keep else None
             if kept is not None:

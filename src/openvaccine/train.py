@@ -472,6 +472,11 @@ def teacher_labels(teachers: list[str], fold: int, fold_index: np.ndarray, data_
 
 
 # ---------------------------------------------------------------- a fold's test predictions, kept
+def fold_path(run_dir: Path | str, fold: int) -> Path:
+    """Fold ``fold``'s checkpoint in a run's folder: ``<run>/fold<k>.pt``."""
+    return Path(run_dir) / f"fold{fold}.pt"
+
+
 def checkpoint_key(path: Path) -> str:
     """Hash of a fold checkpoint's bytes: a prediction kept for it is stale once the fold is retrained."""
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
@@ -518,7 +523,7 @@ def matching_fold(name: str, fold: int, fold_index: np.ndarray, data_fp: str, mo
     """Fold ``fold``'s checkpoint (path, contents) of the run ``name``, which must have held out exactly
     ``fold_index`` of the same training data (what a student may learn from without its CV leaking:
     ``option`` names the setting that asked, for the error)."""
-    path = Path(models_dir) / name / f"fold{fold}.pt"
+    path = fold_path(Path(models_dir) / name, fold)
     if not path.is_file():
         raise RuntimeError(f"{option}: run {name!r} has no fold {fold} ({path}); train it first")
     ck = torch.load(path, weights_only=False, map_location="cpu")
@@ -651,7 +656,7 @@ def train_run(cfg: dict, run_name: str | None = None, df: pd.DataFrame | None = 
         train_folds_in_processes([(cfg, run, f) for f in pending], jobs, df,
                                  test_df if teachers or pretrain else None, out.parent, progress)
     for f in todo:
-        ck_path = out / f"fold{f}.pt"
+        ck_path = fold_path(out, f)
         if ck_path.is_file():
             ck = torch.load(ck_path, weights_only=False, map_location="cpu")
             check_fingerprints(ck, fps, out)
@@ -826,7 +831,7 @@ def run_folds(cfg: dict) -> list[int]:
 
 def unfinished_folds(cfg: dict, out: Path) -> list[int]:
     """The folds of ``cfg`` (:func:`run_folds`) with no checkpoint in the run folder ``out``."""
-    return [f for f in run_folds(cfg) if not (out / f"fold{f}.pt").is_file()]
+    return [f for f in run_folds(cfg) if not fold_path(out, f).is_file()]
 
 
 def improves(score: float, best: float) -> bool:
