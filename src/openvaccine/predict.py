@@ -322,7 +322,7 @@ def ensemble_predict(runs: list[Run], df: pd.DataFrame, tta: bool = True, weight
     for i, (r, _) in enumerate(members):
         structures = tta_structures(r.graph) if tta else ["given"]
         for ck in r.checkpoints:
-            path = fold_path(r.path, ck['fold'])
+            path = fold_path(r.path, ck["fold"])
             folds[i, ck["fold"]] = (path, structures)
             kept = load_fold_prediction(path, structures, data_fp) if keep else None
             if kept is not None:
