@@ -16,12 +16,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 from torch_geometric.nn import GATv2Conv, GINEConv, SAGEConv, TransformerConv
-from torch_geometric.utils import to_dense_adj, to_dense_batch
+from torch_geometric.utils import to_dense_batch
 
 from ..config import without_later_options
 from .dropout import Dropout
 from .edge_gated import EdgeGatedConv
-from .seq_attention import PairBiasedAttention
+from .seq_attention import BaseEdges, PairBiasedAttention
 
 CONVS = ("transformer", "gatv2", "gine", "edgegated", "sage")
 RNNS = {"gru": nn.GRU, "lstm": nn.LSTM}
@@ -107,7 +107,7 @@ class DegradationGNN(nn.Module):
         if self.gru is not None:
             dense = self._rnn(dense, mask)
         if len(self.attn):
-            edges = dense_base_edges(data, batch, *mask.shape)
+            edges = base_edges(data, batch)
             for layer in self.attn:
                 dense = layer(dense, mask, edges)
         return dense[mask]
@@ -136,16 +136,17 @@ class DegradationGNN(nn.Module):
         return out
 
 
-def dense_base_edges(data, base_batch: Tensor, num_graphs: int, n: int) -> Tensor:
-    """Edge features between the bases of each molecule as a dense [num_graphs, n, n, F] tensor (zero
-    where no edge; codon nodes and their edges left out), indexed by position within the molecule.
-    ``num_graphs`` and ``n`` are the shape of the padded base batch (``to_dense_batch``'s mask)."""
+def base_edges(data, base_batch: Tensor) -> BaseEdges:
+    """The edges between the bases of each molecule (codon nodes and their edges left out), with each
+    base's position within its molecule; ``base_batch`` is the molecule of each base, in node order."""
     is_base = data.is_base
     base_index = torch.cumsum(is_base.long(), 0) - 1                 # node -> index among the bases
+    start = torch.cumsum(torch.bincount(base_batch), 0) - torch.bincount(base_batch)   # first base of each molecule
     src, dst = data.edge_index
     keep = is_base[src] & is_base[dst]
-    idx = torch.stack([base_index[src[keep]], base_index[dst[keep]]])
-    return to_dense_adj(idx, base_batch, data.edge_attr[keep], max_num_nodes=n, batch_size=num_graphs)
+    src, dst = base_index[src[keep]], base_index[dst[keep]]
+    graph = base_batch[src]
+    return BaseEdges(graph, src - start[graph], dst - start[graph], data.edge_attr[keep])
 
 
 # model options added after runs were trained, with the value that leaves the model as it was
