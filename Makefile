@@ -18,7 +18,8 @@ CONFIG ?=
 # keeps the first two (67 min 33 s with make submit); a 2-core AMD EPYC without bfloat16 (AVX2 only: float32) the
 # first one (57 min 22 s for make setup all, CV 0.2401; a second make train && make submit added the second in 50 min
 # 34 s, 0.2355, a third the first student in 71 min 11 s, 0.2334, a fourth the second in 74 min 14 s, 0.2325); an
-# EPYC with AVX512-BF16, about twice the Xeon's speed, three (estimated). Each make train trains at least one more
+# EPYC with AVX512-BF16 the first two (estimated 51 min; make all from a fresh clone took 60 min 59 s, CV 0.2363).
+# Each make train trains at least one more
 # member: run it again for the next budget's worth.
 # Your own set: make train MEMBERS="default_gatv2_lstm default_gatv2 default_gatv2_lstm_pseudo" BUDGET=0
 GPU := $(shell $(PYTHON) -c "import torch; print(int(torch.cuda.is_available()))" 2>/dev/null)
