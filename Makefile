@@ -19,8 +19,7 @@ CONFIG ?=
 # first one (57 min 22 s for make setup all, CV 0.2401; a second make train && make submit added the second in 50 min
 # 34 s, 0.2355, a third the first student in 71 min 11 s, 0.2334, a fourth the second in 74 min 14 s, 0.2325); an
 # EPYC with AVX512-BF16 the first two (estimated 51 min; make all from a fresh clone took 60 min 59 s, CV 0.2363).
-# Each make train trains at least one more
-# member: run it again for the next budget's worth.
+# Each make train trains at least one more member: run it again for the next budget's worth.
 # Your own set: make train MEMBERS="default_gatv2_lstm default_gatv2 default_gatv2_lstm_pseudo" BUDGET=0
 GPU := $(shell $(PYTHON) -c "import torch; print(int(torch.cuda.is_available()))" 2>/dev/null)
 MEMBERS ?= $(if $(filter 1,$(GPU)),default default_gatv2 wide pseudo_attn pseudo_attn2 pseudo_attn3_wide wide_drop0 default_gatv2_s7 default_gatv2_lstm default_gatv2_lstm_s11 default_gatv2_e26 default_gatv2_lstm_e34 default_gatv2_lstm_pseudo default_gatv2_lstm_pseudo2 default_gatv2_lstm_pseudo3 transformer_lstm_pseudo edgegated_lstm_pseudo edgegated_lstm_pseudo50,default_gatv2_lstm default_gatv2 default_gatv2_lstm_pseudo default_gatv2_lstm_pseudo2 default_gatv2_lstm_pseudo3 transformer_lstm_pseudo edgegated_lstm_pseudo edgegated_lstm_pseudo50 default_gatv2_lstm_s11 default_gatv2_s7)

@@ -141,7 +141,8 @@ def base_edges(data, base_batch: Tensor) -> BaseEdges:
     base's position within its molecule; ``base_batch`` is the molecule of each base, in node order."""
     is_base = data.is_base
     base_index = torch.cumsum(is_base.long(), 0) - 1                 # node -> index among the bases
-    start = torch.cumsum(torch.bincount(base_batch), 0) - torch.bincount(base_batch)   # first base of each molecule
+    counts = torch.bincount(base_batch)                              # bases per molecule
+    start = torch.cumsum(counts, 0) - counts                         # first base of each molecule
     src, dst = data.edge_index
     keep = is_base[src] & is_base[dst]
     src, dst = base_index[src[keep]], base_index[dst[keep]]
