@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import shutil
 
@@ -9,7 +10,7 @@ import torch
 from openvaccine import SCORED, TARGETS, cli
 from openvaccine.config import parse_window
 from openvaccine.data import DataError
-from openvaccine.predict import (apply_floors, blend, blend_report, ensemble_predict, fit_blend, fit_floors, nested_blend, load_runs, make_submission,
+from openvaccine.predict import (BlendError, apply_floors, blend, blend_report, check_same_grouping, ensemble_predict, fit_blend, fit_floors, nested_blend, load_runs, make_submission,
                                  prediction_jobs, predict_file, read_sequences, submission_frame, validate_submission,
                                  write_submission)
 
@@ -328,3 +329,27 @@ def test_runs_of_different_cv_groupings_are_not_blended(trained, tmp_path):
     shutil.copytree(tmp_path / "grouped", tmp_path / "grouped2")      # one protocol: blends as before
     rep = blend_report(runs=load_runs(["grouped", "grouped2"], models_dir=tmp_path), df=train_df)
     assert set(rep["weights"]) == {"grouped", "grouped2"}
+
+
+def test_runs_on_different_fold_splits_are_not_blended(trained, tmp_path):
+    # another seed without train.fold_seed draws another split: its OOF errors decorrelate from the
+    # others' more than its test predictions do, so the blend would read better than it is
+    d, run, train_df = trained
+    base = json.loads((d / run / "cv.json").read_text())["config"]
+    seed, k = int(base["seed"]), int(base["train"]["folds"])
+    for name, train_over, new_seed in (("a", {}, seed), ("b", {}, seed + 1), ("c", {"fold_seed": seed}, seed + 1)):
+        shutil.copytree(d / run, tmp_path / name)
+        cvp = tmp_path / name / "cv.json"
+        cv = json.loads(cvp.read_text())
+        cv["config"]["train"].update(train_over)
+        cv["config"]["seed"] = new_seed
+        cvp.write_text(json.dumps(cv))
+    with pytest.raises(BlendError, match=rf"different fold splits: a \({k} folds, fold seed {seed}\), "
+                                         rf"b \({k} folds, fold seed {seed + 1}\)"):
+        check_same_grouping(load_runs(["a", "b"], models_dir=tmp_path))
+    a = load_runs(["a"], models_dir=tmp_path)[0]
+    other_k = dataclasses.replace(a, name="d", config={**a.config, "train": {**a.config["train"], "folds": k + 1}})
+    with pytest.raises(BlendError, match=rf"d \({k + 1} folds, fold seed {seed}\)"):
+        check_same_grouping([a, other_k])
+    rep = blend_report(runs=load_runs(["a", "c"], models_dir=tmp_path), df=train_df)   # fold_seed keeps the split
+    assert set(rep["weights"]) == {"a", "c"}

@@ -116,6 +116,9 @@ def test_run_outputs_and_checkpoint_round_trip(trained):
         assert f["val_mcrmse"] == pytest.approx(min(vals)) and vals[f["kept_epoch"] - 1] == pytest.approx(min(vals))
         assert f["last_val_mcrmse"] == pytest.approx(vals[-1])
     assert "last epochs read" in (out / "cv.md").read_text()
+    k, fold_seed, similarity = T.fold_settings(cv["config"])
+    assert f"Folds: {k}, split by fold seed {fold_seed}, molecules of positional identity ≥ {similarity:g}" in (
+        out / "cv.md").read_text()
     oof = np.load(out / "oof.npz", allow_pickle=True)
     assert oof["pred"].shape == (len(df), 130, 5) and list(oof["ids"]) == list(df["id"])
     ck = torch.load(out / "fold0.pt", weights_only=False)

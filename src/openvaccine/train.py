@@ -877,6 +877,8 @@ def cv_table(r: dict) -> str:
              f"**{r['cv_mcrmse']:.4f}**"
              + (f"; averaged over the {', '.join(r['tta'])} structures (as submitted): **{r['cv_mcrmse_tta']:.4f}**"
                 if "cv_mcrmse_tta" in r else ""), "",
+             "Folds: {}, split by fold seed {}, molecules of positional identity ≥ {:g} in one fold (runs blend only "
+             "with runs of the same split).".format(*fold_settings(r["config"])), "",
              "| target | RMSE |", "| --- | --- |"]
     lines += [f"| {c}{' (scored)' if c in SCORED else ''} | {v:.4f} |" for c, v in r["cv_rmse"].items()]
     lines += ["", "| fold | val MCRMSE | kept epoch | last epoch's val MCRMSE | train rows | val rows (SN=1) | epochs | "
