@@ -312,17 +312,23 @@ def test_scores_on_a_window_of_positions(trained):
         cli.main(["score", "--positions", "68"])                         # argparse: usage and the message
 
 
+def copy_run(src, dst, seed=None, **train):
+    """A copy of the run ``src`` at ``dst`` whose saved config has another ``seed`` and ``train`` options."""
+    shutil.copytree(src, dst)
+    cvp = dst / "cv.json"
+    cv = json.loads(cvp.read_text())
+    cv["config"]["train"].update(train)
+    if seed is not None:
+        cv["config"]["seed"] = seed
+    cvp.write_text(json.dumps(cv))
+
+
 def test_runs_of_different_cv_groupings_are_not_blended(trained, tmp_path):
     # a random-fold run's OOF reads lower (near-duplicates in validation): blending it with grouped
     # runs would hand it weight it has not earned, so submit refuses and names both runs
     d, run, train_df = trained
-    for name, similarity in (("grouped", None), ("random", 1.0)):
-        shutil.copytree(d / run, tmp_path / name)
-        if similarity is not None:
-            cvp = tmp_path / name / "cv.json"
-            cv = json.loads(cvp.read_text())
-            cv["config"]["train"]["similarity"] = similarity
-            cvp.write_text(json.dumps(cv))
+    copy_run(d / run, tmp_path / "grouped")
+    copy_run(d / run, tmp_path / "random", similarity=1.0)
     with pytest.raises(SystemExit, match=r"different CV groupings: grouped \(similarity 0.8\), random \(similarity 1\)"):
         make_submission(out=tmp_path / "s.csv", models_dir=tmp_path, train=train_df)
     assert not (tmp_path / "s.csv").exists()
@@ -337,13 +343,9 @@ def test_runs_on_different_fold_splits_are_not_blended(trained, tmp_path):
     d, run, train_df = trained
     base = json.loads((d / run / "cv.json").read_text())["config"]
     seed, k = int(base["seed"]), int(base["train"]["folds"])
-    for name, train_over, new_seed in (("a", {}, seed), ("b", {}, seed + 1), ("c", {"fold_seed": seed}, seed + 1)):
-        shutil.copytree(d / run, tmp_path / name)
-        cvp = tmp_path / name / "cv.json"
-        cv = json.loads(cvp.read_text())
-        cv["config"]["train"].update(train_over)
-        cv["config"]["seed"] = new_seed
-        cvp.write_text(json.dumps(cv))
+    copy_run(d / run, tmp_path / "a")
+    copy_run(d / run, tmp_path / "b", seed=seed + 1)
+    copy_run(d / run, tmp_path / "c", seed=seed + 1, fold_seed=seed)
     with pytest.raises(BlendError, match=rf"different fold splits: a \({k} folds, fold seed {seed}\), "
                                          rf"b \({k} folds, fold seed {seed + 1}\)"):
         check_same_grouping(load_runs(["a", "b"], models_dir=tmp_path))

@@ -161,15 +161,14 @@ def check_same_grouping(runs: list[Run]) -> None:
     the blend itself: each molecule's OOF predictions then come from models trained on different
     molecules, whose errors cancel more than those of the fold-averaged models that predict the test
     set (measured: a BiLSTM + BiGRU pair read 0.0012–0.0015 lower with the GRU on another split)."""
-    grouping = {r.name: fold_settings(r.config)[2] for r in runs}
-    if len(set(grouping.values())) > 1:
-        listed = ", ".join(f"{n} (similarity {s:g})" for n, s in grouping.items())
+    settings = {r.name: fold_settings(r.config) for r in runs}           # (folds, fold seed, similarity)
+    if len({sim for _, _, sim in settings.values()}) > 1:
+        listed = ", ".join(f"{n} (similarity {sim:g})" for n, (_, _, sim) in settings.items())
         raise BlendError(f"cannot blend runs validated under different CV groupings: {listed}. Their OOF "
                          "errors are not comparable; blend runs of one grouping (--runs) or move the others "
                          "out of models/")
-    splits = {r.name: fold_settings(r.config)[:2] for r in runs}
-    if len(set(splits.values())) > 1:
-        listed = ", ".join(f"{n} ({k} folds, fold seed {s})" for n, (k, s) in splits.items())
+    if len({(k, seed) for k, seed, _ in settings.values()}) > 1:
+        listed = ", ".join(f"{n} ({k} folds, fold seed {seed})" for n, (k, seed, _) in settings.items())
         raise BlendError(f"cannot blend runs validated on different fold splits: {listed}. Their blend's OOF "
                          "would read better than its test predictions; train members with the same train.folds "
                          "and train.fold_seed (a run with another seed keeps the others' folds when train.fold_seed "
