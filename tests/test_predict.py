@@ -355,3 +355,31 @@ def test_runs_on_different_fold_splits_are_not_blended(trained, tmp_path):
         check_same_grouping([a, other_k])
     rep = blend_report(runs=load_runs(["a", "c"], models_dir=tmp_path), df=train_df)   # fold_seed keeps the split
     assert set(rep["weights"]) == {"a", "c"}
+
+
+def test_runs_whose_folds_held_out_other_molecules_are_not_blended(trained, tmp_path):
+    # configs alike, but the folds' molecules differ (other data, another make_folds): refused on the oof.npz
+    d, run, train_df = trained
+    for name in "abc":
+        copy_run(d / run, tmp_path / name)
+
+    def edit_folds(name, change):
+        with np.load(tmp_path / name / "oof.npz", allow_pickle=True) as z:
+            arrays = dict(z)
+        arrays["fold"] = change(arrays["fold"].copy())
+        np.savez_compressed(tmp_path / name / "oof.npz", **arrays)
+
+    k = int(json.loads((d / run / "cv.json").read_text())["config"]["train"]["folds"])
+    edit_folds("b", lambda f: (f + 1) % k)                  # the same split, folds numbered otherwise: fine
+    check_same_grouping(load_runs(["a", "b"], models_dir=tmp_path))
+
+    def move_one(f):                                        # one molecule held out in another fold
+        f[0] = (f[0] + 1) % k
+        return f
+
+    edit_folds("c", move_one)
+    with pytest.raises(BlendError, match=r"folds held out different molecules: c against a \(the same folds"):
+        check_same_grouping(load_runs(["a", "b", "c"], models_dir=tmp_path))
+    with pytest.raises(SystemExit, match="held out different molecules"):
+        make_submission(out=tmp_path / "s.csv", models_dir=tmp_path, train=train_df)
+    assert not (tmp_path / "s.csv").exists()

@@ -67,6 +67,35 @@ def test_every_architecture_runs_forward_and_backward(conv, train_rows):
     assert all(p.grad is not None for p in model.embed.parameters())
 
 
+def test_target_weights_weigh_each_targets_rmse_and_bad_ones_are_errors(train_rows):
+    from torch_geometric.loader import DataLoader
+    batch = next(iter(DataLoader(build_graphs(pd.DataFrame(train_rows[:3]), progress=False, workers=1), batch_size=3)))
+    pred = torch.randn(batch.y.shape, generator=torch.Generator().manual_seed(0))
+    t = load_config("smoke")["train"]
+
+    def loss(weights: str) -> float:
+        return float(T.weighted_mcrmse_loss(pred, batch, apply_overrides(t, [f"target_weights={weights}"])))
+
+    def alone(c: str) -> str:                            # weight 1 on target c, 0 on the rest
+        return "{" + ", ".join(f"{n}: {int(n == c)}" for n in T.TARGETS) + "}"
+
+    rmse = [loss(alone(c)) for c in T.SCORED]            # each scored target's weighted RMSE
+    equal = float(T.weighted_mcrmse_loss(pred, batch, t))
+    assert loss("{}") == pytest.approx(equal)             # targets left out weigh 1
+    assert loss("{deg_pH10: 0, deg_50C: 0}") == pytest.approx(np.mean(rmse), rel=1e-5)
+    unscored = 5 * equal - sum(rmse)                      # RMSE of deg_pH10 + deg_50C
+    assert loss("{deg_pH10: 0.5, deg_50C: 0.5}") == pytest.approx((sum(rmse) + 0.5 * unscored) / 4, rel=1e-5)
+    assert T.target_weights(t) is None and T.target_weights({"target_weights": {"deg_50C": 2}}) == [1, 1, 1, 1, 2]
+    for bad, msg in (("{deg_ph10: 0.5}", r"unknown target\(s\) \['deg_ph10'\]"),
+                     ("{deg_pH10: -1}", r"train.target_weights.deg_pH10 must be a number >= 0, got -1"),
+                     ("[1, 1, 1, 0, 0]", "must map targets to weights"),
+                     ("{reactivity: 0, deg_Mg_pH10: 0, deg_Mg_50C: 0}", "every scored target .* weighs 0")):
+        with pytest.raises(ValueError, match=msg):
+            loss(bad)
+        with pytest.raises(ValueError, match=msg):                  # before a run trains anything
+            T.fingerprints(load_config("smoke", [f"train.target_weights={bad}"]), pd.DataFrame(train_rows[:3]))
+
+
 def test_edge_features_change_the_output_only_for_edge_aware_layers(train_rows):
     graphs = build_graphs(pd.DataFrame(train_rows[:1]), progress=False, workers=1)
     from torch_geometric.loader import DataLoader
@@ -512,14 +541,16 @@ def test_options_added_later_leave_older_runs_fingerprints_alone(train_rows):
     is the one its runs were trained with."""
     df = pd.DataFrame(train_rows[:5])
     cfg = load_config("smoke", ["model.attn_layers=0", "train.ema=0", "graph.vienna_params=[]", "train.cpu_bf16=false",
-                                "train.label_positions=null"])
+                                "train.label_positions=null", "train.target_weights=null"])
     older = {k: v for k, v in cfg.items()}
     older["model"] = {k: v for k, v in cfg["model"].items() if k != "attn_layers"}
-    older["train"] = {k: v for k, v in cfg["train"].items() if k not in ("ema", "cpu_bf16", "label_positions")}
+    older["train"] = {k: v for k, v in cfg["train"].items()
+                      if k not in ("ema", "cpu_bf16", "label_positions", "target_weights")}
     older["graph"] = {k: v for k, v in cfg["graph"].items() if k != "vienna_params"}
     assert T.fingerprints(cfg, df) == T.fingerprints(older, df)
     for change in (["model.attn_layers=1", "train.ema=0"], ["model.attn_layers=0", "train.ema=0.99"],
                    ["model.attn_layers=0", "train.cpu_bf16=true"], ["train.label_positions=48"],
+                   ["train.target_weights={deg_pH10: 0.5}"],
                    ["graph.vienna_params=[Langdon2018]"]):
         changed = T.fingerprints(load_config("smoke", change), df)
         assert changed != T.fingerprints(older, df)

@@ -153,9 +153,22 @@ def _oof_matrix(run: Run, df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     return pred[rows], z["fold"][rows]
 
 
+def held_out_split(run: Run) -> frozenset:
+    """The molecules each of ``run``'s folds held out, from its ``oof.npz``: a set of sets of ids, so two
+    runs compare equal when they split the molecules alike, however their folds are numbered."""
+    path = run.path / "oof.npz"
+    if not path.is_file():
+        raise NoModelsError(f"{path} missing; rerun `make train` to complete the run")
+    with np.load(path, allow_pickle=True) as z:
+        ids, fold = z["ids"], z["fold"]
+    return frozenset(frozenset(ids[fold == f].tolist()) for f in np.unique(fold))
+
+
 def check_same_grouping(runs: list[Run]) -> None:
     """Refuse to blend runs validated under different fold groupings (``train.similarity``) or on
-    different fold splits (``train.folds``, ``train.fold_seed``, which defaults to ``seed``). A looser
+    different fold splits (``train.folds``, ``train.fold_seed``, which defaults to ``seed``), or runs whose
+    folds held out different molecules all the same (their ``oof.npz``: other training data, or folds
+    drawn by another version of the code). A looser
     grouping lets near-duplicates of training molecules into validation, so its OOF reads lower and
     the fitted weights would favour it for a reason the test set does not share. Other splits flatter
     the blend itself: each molecule's OOF predictions then come from models trained on different
@@ -173,6 +186,14 @@ def check_same_grouping(runs: list[Run]) -> None:
                          "would read better than its test predictions; train members with the same train.folds "
                          "and train.fold_seed (a run with another seed keeps the others' folds when train.fold_seed "
                          "names their fold seed), or blend one split's runs (--runs)")
+    splits = {r.name: held_out_split(r) for r in runs}
+    first = runs[0].name
+    other = [n for n, split in splits.items() if split != splits[first]]
+    if other:
+        raise BlendError(f"cannot blend runs whose folds held out different molecules: {', '.join(other)} against "
+                         f"{first} (the same folds, fold seed and similarity in their configs, so other training "
+                         "data or folds drawn by another version of the code). Their blend's OOF would read better "
+                         "than its test predictions; retrain the older runs, or blend one split's runs (--runs)")
 
 
 def blendable_runs(names: list[str] | None = None, models_dir: Path | str | None = None) -> list[Run]:

@@ -189,8 +189,33 @@ def graph_weights(batch, tcfg: dict) -> torch.Tensor:
     return molecule_weight(batch.sn, tcfg)
 
 
+def target_weights(tcfg: dict) -> list[float] | None:
+    """The loss weight of each of the five targets (``TARGETS`` order) from ``train.target_weights``, a
+    mapping target → weight (targets left out weigh 1), or ``None`` for equal weights (null, the default).
+    Unknown targets, negative weights or no weight on a scored target are errors."""
+    tw = tcfg.get("target_weights")
+    if tw is None:
+        return None
+    if not isinstance(tw, dict):
+        raise ValueError(f"train.target_weights must map targets to weights, e.g. {{deg_pH10: 0.5}}, got {tw!r}")
+    unknown = sorted(set(tw) - set(TARGETS))
+    if unknown:
+        raise ValueError(f"train.target_weights: unknown target(s) {unknown} (targets: {', '.join(TARGETS)})")
+    w = []
+    for c in TARGETS:
+        v = tw.get(c, 1.0)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0:
+            raise ValueError(f"train.target_weights.{c} must be a number >= 0, got {v!r}")
+        w.append(float(v))
+    if not any(w[i] > 0 for i in SCORED_IDX):
+        raise ValueError(f"train.target_weights: every scored target ({', '.join(SCORED)}) weighs 0")
+    return w
+
+
 def weighted_mcrmse_loss(pred, batch, tcfg: dict) -> torch.Tensor:
-    """Column-wise RMSE over scored positions, weighted per molecule (and per base), mean over 5."""
+    r"""Column-wise RMSE over scored positions, weighted per molecule (and per base), averaged over the five
+    targets, or weighted by ``train.target_weights`` :math:`v_c`:
+    :math:`\sum_c v_c\,\mathrm{RMSE}_c / \sum_c v_c`."""
     is_base = batch.is_base
     y, mask = batch.y[is_base], batch.score_mask[is_base]
     w = graph_weights(batch, tcfg)[batch.batch[is_base]][:, None].expand_as(y)
@@ -199,7 +224,12 @@ def weighted_mcrmse_loss(pred, batch, tcfg: dict) -> torch.Tensor:
     w = w * mask[:, None]
     se = (pred.float() - y) ** 2
     col = (w * se).sum(0) / w.sum(0).clamp(min=1e-8)
-    return torch.sqrt(col + 1e-8).mean()
+    rmse = torch.sqrt(col + 1e-8)
+    tw = target_weights(tcfg)
+    if tw is None:
+        return rmse.mean()
+    v = rmse.new_tensor(tw)
+    return (v * rmse).sum() / v.sum()
 
 
 # ---------------------------------------------------------------- predict
@@ -289,7 +319,7 @@ def optimiser_step(loss: torch.Tensor, params: list, opt, sched, scaler) -> None
 
 
 # ``train`` options added after runs were trained, at their "off" value (left out of fingerprints)
-LATER_TRAIN_OPTIONS_OFF = {"ema": 0, "cpu_bf16": False, "label_positions": None}
+LATER_TRAIN_OPTIONS_OFF = {"ema": 0, "cpu_bf16": False, "label_positions": None, "target_weights": None}
 # ``train`` options that say how a run is carried out, not what its models are (never fingerprinted)
 RUN_ONLY_OPTIONS = ("only_folds", "jobs")
 
@@ -298,7 +328,9 @@ def fingerprints(cfg: dict, df: pd.DataFrame) -> dict:
     """Fingerprints of what shapes a fold's model: the config (less its name and how the run is carried
     out, ``train.only_folds`` and ``train.jobs``, so a fold-0 trial resumes into the full run and folds
     trained side by side are those of one run; ``train``, ``model`` and ``graph`` options added later
-    are left out at their "off" value), the training data and the features."""
+    are left out at their "off" value), the training data and the features. Every run and fold computes them
+    first, so a bad ``train.target_weights`` stops it here, before anything trains."""
+    target_weights(cfg.get("train", {}))
     p = graph_params(cfg)
     c = {k: v for k, v in cfg.items() if k != "name"}
     c["train"] = without_later_options({k: v for k, v in c.get("train", {}).items() if k not in RUN_ONLY_OPTIONS},
