@@ -3,7 +3,13 @@ import pandas as pd
 import torch
 
 from openvaccine.folding import fold
-from openvaccine.graphs import (EDGE_FEATURES, EDGE_TYPES, NODE_FEATURES, build_graphs, molecule_graph)
+import dataclasses
+
+import pytest
+
+from openvaccine import ERRORS, TARGETS
+from openvaccine.graphs import (EDGE_FEATURES, EDGE_TYPES, NODE_FEATURES, build_graphs, molecule_graph,
+                                reverse_graph)
 
 
 def _edge_dict(g):
@@ -64,6 +70,36 @@ def test_codon_nodes(train_rows):
     cb = EDGE_TYPES.index("codon_base")
     assert e[(0, 107)][cb] == 1 and e[(107, 2)][cb] == 1 and e[(107, 108)][EDGE_TYPES.index("codon_codon")] == 1
     assert not g.score_mask[107:].any()
+
+
+def test_reversed_graph_is_the_graph_of_the_reversed_molecule(train_rows):
+    r = train_rows[2]
+    f = fold(r["sequence"])
+    g = molecule_graph(r, f, bpp_threshold=0.05)
+    n = len(r["sequence"])
+    # the same molecule written from its 3' end: reversed strings and labels, the fold mirrored
+    mirror = str.maketrans("()", ")(")
+    rr = dict(r, sequence=r["sequence"][::-1], structure=r["structure"][::-1].translate(mirror), seq_scored=n)
+    for col in TARGETS + ERRORS:
+        rr[col] = list(np.r_[r[col], np.zeros(n - 68)][::-1])
+    fr = dataclasses.replace(f, i=(n - 1 - f.j).astype(f.i.dtype), j=(n - 1 - f.i).astype(f.j.dtype),
+                             structure=f.structure[::-1].translate(mirror))
+    want = molecule_graph(rr, fr, loops=r["predicted_loop_type"][::-1], bpp_threshold=0.05)
+    want.score_mask[:n - 68] = False                      # the reversed molecule is scored at its last 68 bases
+    x0, e0 = g.x.clone(), g.edge_attr.clone()
+    h = reverse_graph(g)
+    assert torch.equal(g.x, x0) and torch.equal(g.edge_attr, e0)  # a copy: the original stays as it was
+    assert torch.allclose(h.x, want.x) and torch.allclose(h.y, want.y) and torch.allclose(h.err, want.err)
+    assert torch.equal(h.score_mask, want.score_mask) and int(h.score_mask[n - 68:].sum()) == 68
+    assert _edge_dict(h).keys() == _edge_dict(want).keys()
+    assert all(torch.allclose(a, _edge_dict(want)[k]) for k, a in _edge_dict(h).items())
+    assert h.structure == rr["structure"] and h.id == r["id"] and float(h.sn) == float(g.sn)
+    back = reverse_graph(h)                               # twice: the molecule as it was
+    for key in ("x", "y", "err", "score_mask", "edge_index", "edge_attr"):
+        assert torch.equal(getattr(back, key), getattr(g, key)), key
+    assert back.structure == r["structure"]
+    with pytest.raises(ValueError, match="codon nodes"):
+        reverse_graph(molecule_graph(r, f, codon_nodes=True))
 
 
 def test_build_graphs_cached_and_mfe_variant(train_rows, cache_dir):

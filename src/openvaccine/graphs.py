@@ -32,6 +32,7 @@ Targets ``y`` (5 columns), ``score_mask`` (scored positions), per-base measureme
 """
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Sequence
 
@@ -214,6 +215,38 @@ def molecule_graph(rec: dict, f: Fold, structure: str | None = None, loops: str 
         sn_filter=torch.tensor([float(rec.get("SN_filter", 0.0) or 0.0)]),
         seq_len=torch.tensor([n]), id=rec["id"], structure=structure,
     )
+
+
+def reverse_graph(g: Data) -> Data:
+    r"""The molecule read from its 3' end: base :math:`i` of :math:`n` becomes base :math:`n-1-i`.
+
+    Node features, targets, errors and masks follow their base; the positions (``pos_abs``,
+    ``pos_rel``) are counted anew from the new 5' end, a pair's opening and closing brackets swap,
+    and so do the backbone flags (the edge :math:`i \to i+1` was ``fwd`` and now runs from base
+    :math:`n-1-i` to :math:`n-2-i`, i.e. ``bwd``): the copy is the graph of the reversed sequence
+    folded into the mirrored structure with the same pair probabilities. Loop types, pair types
+    and flags, probabilities and distances stay. The model is not told: a training augmentation
+    (``train.reverse_p``) that shows it labels at positions :math:`n-68 \ldots n-1`, where a
+    107-nt molecule read forwards has none."""
+    n = int(g.seq_len)
+    if int(g.x.shape[0]) != n:
+        raise ValueError(f"molecule {g.id}: graphs with codon nodes cannot be reversed (graph.codon_nodes)")
+    order = torch.arange(n - 1, -1, -1)
+    h = copy.copy(g)
+    for key in ("x", "y", "err", "score_mask", "is_base"):
+        setattr(h, key, getattr(g, key)[order].clone())
+    pos = torch.arange(n, dtype=g.x.dtype)
+    h.x[:, NODE_FEATURES.index("pos_abs")] = pos / 100.0
+    h.x[:, NODE_FEATURES.index("pos_rel")] = pos / max(n - 1, 1)
+    sopen, sclose = NODE_FEATURES.index("struct_open"), NODE_FEATURES.index("struct_close")
+    h.x[:, [sopen, sclose]] = h.x[:, [sclose, sopen]]
+    h.edge_index = (n - 1) - g.edge_index
+    h.edge_attr = g.edge_attr.clone()
+    fwd, bwd = EDGE_FEATURES.index("fwd"), EDGE_FEATURES.index("bwd")
+    h.edge_attr[:, [fwd, bwd]] = g.edge_attr[:, [bwd, fwd]]
+    mirror = str.maketrans("()[]{}<>", ")(][}{><")
+    h.structure = g.structure[::-1].translate(mirror)
+    return h
 
 
 def graph_params(cfg: dict | None) -> dict:

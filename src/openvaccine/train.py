@@ -30,10 +30,11 @@ from torch_geometric.data import Batch
 from torch_geometric.loader import DataLoader
 from tqdm.auto import tqdm
 
-from . import SCORED, SCORED_IDX, TARGETS
+from . import ERRORS, SCORED, SCORED_IDX, TARGETS
 from .config import ROOT, apply_overrides, atomic_path, fingerprint, without_later_options
 from .data import data_fingerprint, load_test, load_train
-from .graphs import build_graphs, feature_dims, feature_key, graph_params, graph_signature, tta_structures
+from .graphs import (build_graphs, feature_dims, feature_key, graph_params, graph_signature, reverse_graph,
+                     tta_structures)
 from .models import build_model, model_signature
 from .pretrain import cached_encoder, load_encoder, pretrain_key, pretrain_settings
 
@@ -319,7 +320,8 @@ def optimiser_step(loss: torch.Tensor, params: list, opt, sched, scaler) -> None
 
 
 # ``train`` options added after runs were trained, at their "off" value (left out of fingerprints)
-LATER_TRAIN_OPTIONS_OFF = {"ema": 0, "cpu_bf16": False, "label_positions": None, "target_weights": None}
+LATER_TRAIN_OPTIONS_OFF = {"ema": 0, "cpu_bf16": False, "label_positions": None, "target_weights": None,
+                          "reverse_p": 0, "cut_positions": None}
 # ``train`` options that say how a run is carried out, not what its models are (never fingerprinted)
 RUN_ONLY_OPTIONS = ("only_folds", "jobs")
 
@@ -331,6 +333,8 @@ def fingerprints(cfg: dict, df: pd.DataFrame) -> dict:
     are left out at their "off" value), the training data and the features. Every run and fold computes them
     first, so a bad ``train.target_weights`` stops it here, before anything trains."""
     target_weights(cfg.get("train", {}))
+    reverse_prob(cfg.get("train", {}))
+    cut_positions(cfg.get("train", {}))
     p = graph_params(cfg)
     c = {k: v for k, v in cfg.items() if k != "name"}
     c["train"] = without_later_options({k: v for k, v in c.get("train", {}).items() if k not in RUN_ONLY_OPTIONS},
@@ -350,6 +354,23 @@ def epoch_graphs(variants: list[list], aug_prob: float, rng: np.random.Generator
     n = len(variants[0])
     pick = np.where(rng.random(n) < aug_prob, rng.integers(1, len(variants), n), 0)
     return [variants[v][k] for k, v in enumerate(pick)]
+
+
+def reversed_at_random(graphs: list, reverse_p: float, rng: np.random.Generator) -> list:
+    """``graphs``, each read from its 3' end (:func:`~.graphs.reverse_graph`) with probability
+    ``reverse_p`` (``train.reverse_p``; 0: the graphs as they are, and ``rng`` untouched)."""
+    if reverse_p <= 0:
+        return graphs
+    flip = rng.random(len(graphs)) < reverse_p
+    return [reverse_graph(g) if f else g for g, f in zip(graphs, flip)]
+
+
+def reverse_prob(t: dict) -> float:
+    """``train.reverse_p``, checked: a probability."""
+    r = t.get("reverse_p") or 0
+    if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 <= r <= 1:
+        raise ValueError(f"train.reverse_p must be a probability between 0 and 1, got {r!r}")
+    return float(r)
 
 
 def as_variants(graphs) -> list[list]:
@@ -407,13 +428,14 @@ def train_fold(cfg: dict, train_g, val_g, fold: int, device, progress: bool | st
     n_p = int(round(pseudo_frac(t) * len(pvariants[0]))) if pvariants else 0
     aug_rng = np.random.default_rng(int(cfg.get("seed", 42)) + fold)
     aug_prob = float(t.get("aug_prob", 0.5))
+    reverse_p = reverse_prob(t)
 
     def this_epoch() -> list:
         gs = epoch_graphs(variants, aug_prob, aug_rng)
         if n_p:
             pick = aug_rng.choice(len(pvariants[0]), n_p, replace=False)
             gs = gs + epoch_graphs([[pv[i] for i in pick] for pv in pvariants], aug_prob, aug_rng)
-        return gs
+        return reversed_at_random(gs, reverse_p, aug_rng)
     model = new_model(cfg)                  # its precision mark is copied into the EMA model
     if init_state is not None:
         load_encoder(model, init_state)
@@ -431,9 +453,11 @@ def train_fold(cfg: dict, train_g, val_g, fold: int, device, progress: bool | st
     ema = WeightAverage(model, float(t["ema"])) if t.get("ema") else None
     net = ema.model if ema else model                  # the weights validated and kept
     best, best_state, bad, hist = float("inf"), None, 0, []
+    reach = labels_reach(t)
+    windows = (scored_between(val_g, 0, reach), scored_between(val_g, reach)) if reach else None
     for ep in range(epochs):
         model.train()
-        if len(variants) > 1 or n_p:
+        if len(variants) > 1 or n_p or reverse_p:
             loader = DataLoader(this_epoch(), batch_size=bs, shuffle=True, generator=gen)
         t0 = time.perf_counter()
         run_loss, n = 0.0, 0
@@ -458,8 +482,14 @@ def train_fold(cfg: dict, train_g, val_g, fold: int, device, progress: bool | st
         score, per = score_predictions(val_pred, val_g)
         hist.append(dict(epoch=ep + 1, train_loss=run_loss / max(n, 1), val_mcrmse=score,
                          val_rmse={c: float(v) for c, v in zip(TARGETS, per)}, seconds=train_time))
+        sides = ""
+        if windows:                          # a proxy: the positions trained with labels, and those past them
+            hist[-1].update(val_mcrmse_labelled=score_predictions(val_pred, windows[0])[0],
+                            val_mcrmse_unlabelled=score_predictions(val_pred, windows[1])[0])
+            sides = (f" (before position {reach} {hist[-1]['val_mcrmse_labelled']:.4f},"
+                     f" from it {hist[-1]['val_mcrmse_unlabelled']:.4f})")
         if progress:
-            tqdm.write(f"{label}fold {fold} epoch {ep + 1}: loss {run_loss / max(n, 1):.4f}  val MCRMSE {score:.4f}  ({train_time:.1f} s)")
+            tqdm.write(f"{label}fold {fold} epoch {ep + 1}: loss {run_loss / max(n, 1):.4f}  val MCRMSE {score:.4f}{sides}  ({train_time:.1f} s)")
         if improves(score, best):
             best, bad = score, 0
             best_state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
@@ -610,13 +640,62 @@ def with_labels_before(graphs, n: int | None) -> list:
         return graphs
     if int(n) < 1:
         raise ValueError(f"train.label_positions must be a positive number of positions, got {n!r}")
+    return scored_between(graphs, 0, int(n))
+
+
+def scored_between(graphs, a: int, b: int | None = None) -> list:
+    """Shallow copies of ``graphs`` whose targets count at positions ``a``..``b-1`` only (``b=None``: to the end)."""
     out = []
     for g in graphs:
         h = copy.copy(g)
         h.score_mask = g.score_mask.clone()
-        h.score_mask[int(n):] = False
+        h.score_mask[:a] = False
+        if b is not None:
+            h.score_mask[b:] = False
         out.append(h)
     return out
+
+
+def labels_reach(t: dict) -> int | None:
+    """The first position no training label reaches in a proxy run (``train.label_positions``,
+    ``train.cut_positions``), or None: such runs also score each epoch's validation on both sides of it."""
+    cut = cut_positions(t)
+    ends = [int(n) for n in (t.get("label_positions"), cut and cut[0]) if n]
+    return min(ends) if ends else None
+
+
+def cut_positions(t: dict) -> tuple[int, int] | None:
+    """``train.cut_positions``, checked: ``(a, b)`` with ``1 <= a < b``, or None (off)."""
+    c = t.get("cut_positions")
+    if c is None:
+        return None
+    ok = (isinstance(c, (list, tuple)) and len(c) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in c)
+          and 1 <= c[0] < c[1])
+    if not ok:
+        raise ValueError(f"train.cut_positions must be two positions [a, b] with 1 <= a < b, got {c!r}")
+    return int(c[0]), int(c[1])
+
+
+def without_segment(df: pd.DataFrame, a: int, b: int) -> pd.DataFrame:
+    """The molecules of ``df`` with bases ``a``..``b-1`` cut out and labelled at positions 0..``a-1`` only:
+    ``b - a`` bases shorter, their structure left to the folding engine (the given one no longer fits).
+
+    ``train.cut_positions: [45, 68]`` trains on these: 84-nt molecules labelled up to 39 bases before
+    their 3' end, as the real training molecules are (107 nt, labels 0–67), validated on the uncut
+    107-nt molecules, whose positions 45–67 then stand where the 130-nt test molecules' 68–90 stand:
+    23 positions past the last label, in molecules 23 bases longer than any trained on."""
+    short = int(df["seq_length"].min())
+    if b > short:
+        raise ValueError(f"train.cut_positions: [{a}, {b}] reaches past the shortest molecule ({short} nt)")
+    rows = []
+    for rec in df.to_dict("records"):
+        seq = rec["sequence"][:a] + rec["sequence"][b:]
+        new = dict(rec, sequence=seq, structure=None, predicted_loop_type=None, seq_length=len(seq),
+                   seq_scored=min(a, int(rec["seq_scored"])))
+        for col in TARGETS + ERRORS:
+            new[col] = list(rec[col][:new["seq_scored"]])
+        rows.append(new)
+    return pd.DataFrame(rows, index=df.index)
 
 
 def pseudo_graphs(graphs, labels: list[np.ndarray], n_scored, weight: float) -> list:
@@ -662,6 +741,13 @@ def train_run(cfg: dict, run_name: str | None = None, df: pd.DataFrame | None = 
                     for v in dict.fromkeys(["given"] + aug + tta)}       # each structure built once
     graphs = by_structure["given"]
     alt = [by_structure[v] for v in aug]
+    cut = cut_positions(t)
+    if cut:                                  # train on shorter molecules, validate on the whole ones
+        cut_by = {v: build_graphs(without_segment(df, *cut), p, structure=v, progress=bars)
+                  for v in dict.fromkeys(["given"] + aug)}
+        train_sources = [cut_by["given"]] + [cut_by[v] for v in aug]
+    else:
+        train_sources = [graphs] + alt
     teachers = list(t.get("pseudo_from") or [])
     pretrain = pretrain_settings(cfg)
     if pretrain and t.get("init_from"):
@@ -699,7 +785,7 @@ def train_run(cfg: dict, run_name: str | None = None, df: pd.DataFrame | None = 
             va_idx = np.nonzero((folds == f) & good)[0]
             va_all = np.nonzero(folds == f)[0]
             t0 = time.perf_counter()
-            train_g = [with_labels_before([gs[i] for i in tr_idx], t.get("label_positions")) for gs in [graphs] + alt]
+            train_g = [with_labels_before([gs[i] for i in tr_idx], t.get("label_positions")) for gs in train_sources]
             pseudo_g, teacher_fps = None, None
             if teachers:
                 labels, teacher_fps = teacher_labels(teachers, f, va_all, fps["data"], test_df, out.parent, device, bars)
