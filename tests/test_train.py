@@ -447,6 +447,15 @@ def test_label_positions_hide_the_later_targets_from_training_only(train_rows, t
     T.train_run(cfg, run_name="lab30", df=pd.DataFrame(train_rows), models_dir=tmp_path, progress=False)
     (train_counts, val_counts), = masks
     assert set(train_counts) == {30} and set(val_counts) == {68}        # validation scores every position
+    # each epoch is also scored before and from position 30; the kept epoch's scores are its OOF's
+    ck = torch.load(tmp_path / "lab30" / "fold0.pt", weights_only=False)
+    best = min(ck["history"], key=lambda h: h["val_mcrmse"])
+    whole = build_graphs(pd.DataFrame(train_rows), progress=False, workers=1)
+    val = [j for j, i in enumerate(ck["oof_index"]) if train_rows[i]["SN_filter"] == 1]
+    for key, a, b in (("val_mcrmse_labelled", 0, 30), ("val_mcrmse_unlabelled", 30, None)):
+        gs = T.scored_between([whole[ck["oof_index"][j]] for j in val], a, b)
+        assert best[key] == pytest.approx(T.score_predictions([ck["oof"][j] for j in val], gs)[0], rel=1e-5)
+    assert T.labels_reach({"label_positions": 48}) == 48 and T.labels_reach({}) is None
 
 
 def test_reverse_p_trains_on_molecules_read_from_their_3_end(train_rows, tiny_cfg, tmp_path, monkeypatch):
@@ -478,43 +487,6 @@ def test_reverse_p_trains_on_molecules_read_from_their_3_end(train_rows, tiny_cf
                                                              "train.only_folds=[0]", "train.aug_structures=[]"])
     T.train_run(cfg, run_name="rev", df=pd.DataFrame(train_rows), models_dir=tmp_path, progress=False)
     assert sorted(seen) == sorted(given["train"]) and not set(seen) & set(given["val"])
-
-
-def test_cut_positions_train_on_shorter_molecules_and_validate_on_whole_ones(train_rows, tiny_cfg, tmp_path, monkeypatch):
-    df = pd.DataFrame(train_rows[:6])
-    cut = T.without_segment(df, 45, 68)
-    r, c = df.iloc[0], cut.iloc[0]
-    assert c["sequence"] == r["sequence"][:45] + r["sequence"][68:] and c["seq_length"] == 84 == len(c["sequence"])
-    assert c["seq_scored"] == 45 and c["reactivity"] == r["reactivity"][:45] and c["deg_error_50C"] == r["deg_error_50C"][:45]
-    assert c["structure"] is None and c["id"] == r["id"] and list(df["sequence"]) == [x["sequence"] for x in train_rows[:6]]
-    g = build_graphs(cut, progress=False, workers=1)[0]
-    assert g.x.shape[0] == 84 and int(g.score_mask.sum()) == 45 and len(g.structure) == 84
-    for bad in ([45], [68, 45], [0, 10], "45:68", [45.0, 68]):
-        with pytest.raises(ValueError, match="train.cut_positions must be two positions"):
-            T.cut_positions({"cut_positions": bad})
-    with pytest.raises(ValueError, match=r"reaches past the shortest molecule \(107 nt\)"):
-        T.without_segment(df, 45, 120)
-    seen = {}
-    real = T.train_fold
-
-    def spy(cfg, train_g, val_g, *a, **k):
-        seen.update(train=[(int(g.seq_len), int(g.score_mask.sum())) for gs in train_g for g in gs],
-                    val=[(int(g.seq_len), int(g.score_mask.sum())) for g in val_g])
-        return real(cfg, train_g, val_g, *a, **k)
-    monkeypatch.setattr(T, "train_fold", spy)
-    cfg = apply_overrides(json.loads(json.dumps(tiny_cfg)), ["train.cut_positions=[30, 50]", "train.epochs=1",
-                                                             "train.only_folds=[0]"])
-    T.train_run(cfg, run_name="cut", df=pd.DataFrame(train_rows), models_dir=tmp_path, progress=False)
-    assert set(seen["train"]) == {(87, 30)} and set(seen["val"]) == {(107, 68)}
-    # each epoch is also scored before and from position 30; the kept epoch's scores are its OOF's
-    ck = torch.load(tmp_path / "cut" / "fold0.pt", weights_only=False)
-    best = min(ck["history"], key=lambda h: h["val_mcrmse"])
-    whole = build_graphs(pd.DataFrame(train_rows), progress=False, workers=1)
-    val = [j for j, i in enumerate(ck["oof_index"]) if train_rows[i]["SN_filter"] == 1]
-    for key, a, b in (("val_mcrmse_labelled", 0, 30), ("val_mcrmse_unlabelled", 30, None)):
-        gs = T.scored_between([whole[ck["oof_index"][j]] for j in val], a, b)
-        assert best[key] == pytest.approx(T.score_predictions([ck["oof"][j] for j in val], gs)[0], rel=1e-5)
-    assert T.labels_reach({"label_positions": 48, "cut_positions": [45, 68]}) == 45 and T.labels_reach({}) is None
 
 
 def test_pseudo_labelled_run_uses_its_folds_teacher(trained, tiny_cfg, test_rows, tmp_path, monkeypatch):
@@ -609,17 +581,16 @@ def test_options_added_later_leave_older_runs_fingerprints_alone(train_rows):
     is the one its runs were trained with."""
     df = pd.DataFrame(train_rows[:5])
     cfg = load_config("smoke", ["model.attn_layers=0", "train.ema=0", "graph.vienna_params=[]", "train.cpu_bf16=false",
-                                "train.label_positions=null", "train.target_weights=null", "train.reverse_p=0",
-                                "train.cut_positions=null"])
+                                "train.label_positions=null", "train.target_weights=null", "train.reverse_p=0"])
     older = {k: v for k, v in cfg.items()}
     older["model"] = {k: v for k, v in cfg["model"].items() if k != "attn_layers"}
     older["train"] = {k: v for k, v in cfg["train"].items()
-                      if k not in ("ema", "cpu_bf16", "label_positions", "target_weights", "reverse_p", "cut_positions")}
+                      if k not in ("ema", "cpu_bf16", "label_positions", "target_weights", "reverse_p")}
     older["graph"] = {k: v for k, v in cfg["graph"].items() if k != "vienna_params"}
     assert T.fingerprints(cfg, df) == T.fingerprints(older, df)
     for change in (["model.attn_layers=1", "train.ema=0"], ["model.attn_layers=0", "train.ema=0.99"],
                    ["model.attn_layers=0", "train.cpu_bf16=true"], ["train.label_positions=48"],
-                   ["train.target_weights={deg_pH10: 0.5}"], ["train.reverse_p=0.5"], ["train.cut_positions=[45, 68]"],
+                   ["train.target_weights={deg_pH10: 0.5}"], ["train.reverse_p=0.5"],
                    ["graph.vienna_params=[Langdon2018]"]):
         changed = T.fingerprints(load_config("smoke", change), df)
         assert changed != T.fingerprints(older, df)

@@ -30,7 +30,7 @@ from torch_geometric.data import Batch
 from torch_geometric.loader import DataLoader
 from tqdm.auto import tqdm
 
-from . import ERRORS, SCORED, SCORED_IDX, TARGETS
+from . import SCORED, SCORED_IDX, TARGETS
 from .config import ROOT, apply_overrides, atomic_path, fingerprint, without_later_options
 from .data import data_fingerprint, load_test, load_train
 from .graphs import (build_graphs, feature_dims, feature_key, graph_params, graph_signature, reverse_graph,
@@ -321,7 +321,7 @@ def optimiser_step(loss: torch.Tensor, params: list, opt, sched, scaler) -> None
 
 # ``train`` options added after runs were trained, at their "off" value (left out of fingerprints)
 LATER_TRAIN_OPTIONS_OFF = {"ema": 0, "cpu_bf16": False, "label_positions": None, "target_weights": None,
-                          "reverse_p": 0, "cut_positions": None}
+                          "reverse_p": 0}
 # ``train`` options that say how a run is carried out, not what its models are (never fingerprinted)
 RUN_ONLY_OPTIONS = ("only_folds", "jobs")
 
@@ -334,7 +334,6 @@ def fingerprints(cfg: dict, df: pd.DataFrame) -> dict:
     first, so a bad ``train.target_weights`` stops it here, before anything trains."""
     target_weights(cfg.get("train", {}))
     reverse_prob(cfg.get("train", {}))
-    cut_positions(cfg.get("train", {}))
     p = graph_params(cfg)
     c = {k: v for k, v in cfg.items() if k != "name"}
     c["train"] = without_later_options({k: v for k, v in c.get("train", {}).items() if k not in RUN_ONLY_OPTIONS},
@@ -657,45 +656,10 @@ def scored_between(graphs, a: int, b: int | None = None) -> list:
 
 
 def labels_reach(t: dict) -> int | None:
-    """The first position no training label reaches in a proxy run (``train.label_positions``,
-    ``train.cut_positions``), or None: such runs also score each epoch's validation on both sides of it."""
-    cut = cut_positions(t)
-    ends = [int(n) for n in (t.get("label_positions"), cut and cut[0]) if n]
-    return min(ends) if ends else None
-
-
-def cut_positions(t: dict) -> tuple[int, int] | None:
-    """``train.cut_positions``, checked: ``(a, b)`` with ``1 <= a < b``, or None (off)."""
-    c = t.get("cut_positions")
-    if c is None:
-        return None
-    ok = (isinstance(c, (list, tuple)) and len(c) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in c)
-          and 1 <= c[0] < c[1])
-    if not ok:
-        raise ValueError(f"train.cut_positions must be two positions [a, b] with 1 <= a < b, got {c!r}")
-    return int(c[0]), int(c[1])
-
-
-def without_segment(df: pd.DataFrame, a: int, b: int) -> pd.DataFrame:
-    """The molecules of ``df`` with bases ``a``..``b-1`` cut out and labelled at positions 0..``a-1`` only:
-    ``b - a`` bases shorter, their structure left to the folding engine (the given one no longer fits).
-
-    ``train.cut_positions: [45, 68]`` trains on these: 84-nt molecules labelled up to 39 bases before
-    their 3' end, as the real training molecules are (107 nt, labels 0–67), validated on the uncut
-    107-nt molecules, whose positions 45–67 then stand where the 130-nt test molecules' 68–90 stand:
-    23 positions past the last label, in molecules 23 bases longer than any trained on."""
-    short = int(df["seq_length"].min())
-    if b > short:
-        raise ValueError(f"train.cut_positions: [{a}, {b}] reaches past the shortest molecule ({short} nt)")
-    rows = []
-    for rec in df.to_dict("records"):
-        seq = rec["sequence"][:a] + rec["sequence"][b:]
-        new = dict(rec, sequence=seq, structure=None, predicted_loop_type=None, seq_length=len(seq),
-                   seq_scored=min(a, int(rec["seq_scored"])))
-        for col in TARGETS + ERRORS:
-            new[col] = list(rec[col][:new["seq_scored"]])
-        rows.append(new)
-    return pd.DataFrame(rows, index=df.index)
+    """The first position no training label reaches in a proxy run (``train.label_positions``), or None:
+    such runs also score each epoch's validation on both sides of it."""
+    n = t.get("label_positions")
+    return int(n) if n else None
 
 
 def pseudo_graphs(graphs, labels: list[np.ndarray], n_scored, weight: float) -> list:
@@ -741,13 +705,6 @@ def train_run(cfg: dict, run_name: str | None = None, df: pd.DataFrame | None = 
                     for v in dict.fromkeys(["given"] + aug + tta)}       # each structure built once
     graphs = by_structure["given"]
     alt = [by_structure[v] for v in aug]
-    cut = cut_positions(t)
-    if cut:                                  # train on shorter molecules, validate on the whole ones
-        cut_by = {v: build_graphs(without_segment(df, *cut), p, structure=v, progress=bars)
-                  for v in dict.fromkeys(["given"] + aug)}
-        train_sources = [cut_by["given"]] + [cut_by[v] for v in aug]
-    else:
-        train_sources = [graphs] + alt
     teachers = list(t.get("pseudo_from") or [])
     pretrain = pretrain_settings(cfg)
     if pretrain and t.get("init_from"):
@@ -785,7 +742,7 @@ def train_run(cfg: dict, run_name: str | None = None, df: pd.DataFrame | None = 
             va_idx = np.nonzero((folds == f) & good)[0]
             va_all = np.nonzero(folds == f)[0]
             t0 = time.perf_counter()
-            train_g = [with_labels_before([gs[i] for i in tr_idx], t.get("label_positions")) for gs in train_sources]
+            train_g = [with_labels_before([gs[i] for i in tr_idx], t.get("label_positions")) for gs in [graphs] + alt]
             pseudo_g, teacher_fps = None, None
             if teachers:
                 labels, teacher_fps = teacher_labels(teachers, f, va_all, fps["data"], test_df, out.parent, device, bars)
