@@ -456,6 +456,9 @@ def test_label_positions_hide_the_later_targets_from_training_only(train_rows, t
         gs = T.scored_between([whole[ck["oof_index"][j]] for j in val], a, b)
         assert best[key] == pytest.approx(T.score_predictions([ck["oof"][j] for j in val], gs)[0], rel=1e-5)
     assert T.labels_reach({"label_positions": 48}) == 48 and T.labels_reach({}) is None
+    _, _, hist = orig(apply_overrides(cfg, ["train.label_positions=68"]), graphs, graphs[:2], 0,
+                      torch.device("cpu"), progress=False)
+    assert "val_mcrmse_unlabelled" not in hist[0]                        # nothing is scored past position 68
 
 
 def test_reverse_p_trains_on_molecules_read_from_their_3_end(train_rows, tiny_cfg, tmp_path, monkeypatch):

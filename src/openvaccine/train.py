@@ -453,7 +453,8 @@ def train_fold(cfg: dict, train_g, val_g, fold: int, device, progress: bool | st
     net = ema.model if ema else model                  # the weights validated and kept
     best, best_state, bad, hist = float("inf"), None, 0, []
     reach = labels_reach(t)
-    windows = (scored_between(val_g, 0, reach), scored_between(val_g, reach)) if reach else None
+    past = reach and any(bool(g.score_mask[reach:].any()) for g in val_g)      # anything scored past the labels
+    windows = (scored_between(val_g, 0, reach), scored_between(val_g, reach)) if past else None
     for ep in range(epochs):
         model.train()
         if len(variants) > 1 or n_p or reverse_p:
