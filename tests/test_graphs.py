@@ -1,13 +1,12 @@
-import numpy as np
-import pandas as pd
-import torch
-
-from openvaccine.folding import fold
 import dataclasses
 
+import numpy as np
+import pandas as pd
 import pytest
+import torch
 
 from openvaccine import ERRORS, TARGETS
+from openvaccine.folding import fold
 from openvaccine.graphs import (EDGE_FEATURES, EDGE_TYPES, NODE_FEATURES, build_graphs, molecule_graph,
                                 reverse_graph)
 
