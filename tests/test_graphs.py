@@ -203,3 +203,33 @@ def test_further_vienna_parameter_sets_append_features(train_rows, cache_dir):
     assert model(Batch.from_data_list(more)).shape == (3 * 107, 5)
     with pytest.raises(ValueError, match="graph.vienna_params: unknown ViennaRNA parameter set 'Turner2044'"):
         build_graphs(df, {"vienna_params": ["Turner2044"]}, cache_dir=cache_dir, progress=False, workers=1)
+
+
+def test_further_vienna_temperatures_append_features(train_rows, cache_dir):
+    """``graph.vienna_temps``: ViennaRNA's default parameters folded at each further temperature add the
+    four columns of an opinion, after the parameter sets'; no temperatures = the graphs of before."""
+    from openvaccine.folding import FoldParams, fold_cached
+    from openvaccine.graphs import bpp_stats, edge_feature_names, extra_opinions, feature_key, graph_params, node_feature_names
+    df = pd.DataFrame(train_rows[:2])
+    p = {"vienna_params": ["Turner1999"], "vienna_temps": [50, 62.5]}
+    gp = graph_params({"graph": p})
+    assert node_feature_names(gp)[len(NODE_FEATURES):] == [f"bpp_{n}_{s}" for n in ("Turner1999", "T50", "T62.5")
+                                                         for s in ("sum", "max", "entropy")]
+    assert edge_feature_names(gp)[len(EDGE_FEATURES):] == ["p_Turner1999_ij", "p_T50_ij", "p_T62.5_ij"]
+    plain = build_graphs(df, {}, cache_dir=cache_dir, progress=False, workers=1)
+    hot = build_graphs(df, {"vienna_temps": 50}, cache_dir=cache_dir, progress=False, workers=1)   # one, bare
+    f37 = fold_cached(list(df.sequence), FoldParams(), cache_dir=cache_dir, progress=False)
+    f50 = fold_cached(list(df.sequence), FoldParams(temperature=50.0), cache_dir=cache_dir, progress=False)
+    for a, b, f, g in zip(plain, hot, f37, f50):
+        assert torch.equal(a.x, b.x[:, :len(NODE_FEATURES)]) and torch.equal(a.edge_index, b.edge_index)
+        assert torch.allclose(b.x[:, len(NODE_FEATURES):], torch.from_numpy(np.stack(bpp_stats(g), 1)))
+        assert float(g.pair_prob().sum()) < float(f.pair_prob().sum())       # hotter: fewer pairs
+        e, dense, col = _edge_dict(b), g.dense(), len(EDGE_FEATURES)
+        assert all(abs(float(v[col]) - (0.0 if abs(s - d) == 1 and v[:2].any() else dense[s, d])) < 1e-6
+                   for (s, d), v in e.items())
+    assert feature_key(graph_params({"graph": {"vienna_temps": []}})) == feature_key(graph_params({}))
+    assert feature_key(graph_params({"graph": {"vienna_temps": [50]}})) != feature_key(graph_params({}))
+    for bad, msg in (([37], "37 °C is the main fold's graph.temperature"), ([50, 50.0], "50.0 °C is given twice"),
+                     (["hot"], "'hot' is not a temperature in °C from 0 to 100"), ([101], "101 is not a temperature")):
+        with pytest.raises(ValueError, match=f"graph.vienna_temps: {msg}"):
+            extra_opinions(graph_params({"graph": {"vienna_temps": bad}}))

@@ -38,7 +38,7 @@ def cmd_data(args):
 
 def cmd_features(args):
     from .data import load_test, load_train
-    from .graphs import build_graphs, extra_fold_params, fold_params, fold_params2, graph_params
+    from .graphs import build_graphs, extra_opinions, fold_params, fold_params2, graph_params
     from .folding import fold_cached
     cfg = _cfg(args)
     p = graph_params(cfg)
@@ -54,10 +54,10 @@ def cmd_features(args):
         fold_cached(seqs, fp2, workers=args.workers)
         print(f"folding ({p['engine2']}): {len(seqs)} molecules in {time.perf_counter() - t1:.1f} s")
         variants += ["mfe2"] if args.mfe else []
-    for fx in extra_fold_params(p):
+    for name, fx in extra_opinions(p):
         t1 = time.perf_counter()
         fold_cached(seqs, fx, workers=args.workers)
-        print(f"folding (vienna, {fx.params} parameters): {len(seqs)} molecules in {time.perf_counter() - t1:.1f} s")
+        print(f"folding (vienna, {name}): {len(seqs)} molecules in {time.perf_counter() - t1:.1f} s")
     for v in variants:
         t1 = time.perf_counter()
         g_tr = build_graphs(tr, p, structure=v)

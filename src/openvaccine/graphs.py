@@ -21,7 +21,10 @@ Further ViennaRNA energy parameter sets (``graph.vienna_params``, e.g. ``[Andron
 Langdon2018, Turner1999]``; none by default) add more opinions of the same kind, each appended at the
 end: ``bpp_<set>_sum``, ``bpp_<set>_max``, ``bpp_<set>_entropy`` per base and ``p_<set>_ij`` on every
 edge between two bases that are not backbone neighbours (:func:`node_feature_names`,
-:func:`edge_feature_names`). They add no edges.
+:func:`edge_feature_names`). ViennaRNA at further temperatures (``graph.vienna_temps``, e.g. ``[50,
+70]`` °C; none by default) adds the same four columns per temperature, named ``T50`` etc., after the
+parameter sets' (the melting that a measurement at 50 °C sees begins with the pairs a hotter fold
+loses). They add no edges.
 
 Node features (see :data:`NODE_FEATURES`): base, structure symbol and loop type one-hots, pairing
 probability (bpp row sum), max bpp, unpaired probability, sum − max, base-pair entropy, pair type
@@ -62,9 +65,10 @@ NUM_NODE_FEATURES = len(NODE_FEATURES)
 NUM_EDGE_FEATURES = len(EDGE_FEATURES)
 
 DEFAULT_GRAPH = dict(engine="vienna", temperature=37.0, mode="eterna", bpp_threshold=0.05,
-                     codon_nodes=False, structure="given", engine2="none", mode2="eterna", vienna_params=[])
+                     codon_nodes=False, structure="given", engine2="none", mode2="eterna", vienna_params=[],
+                     vienna_temps=[])
 # graph options added after runs were trained, with the value that leaves the graphs as they were
-LATER_GRAPH_OPTIONS_OFF = {"vienna_params": []}
+LATER_GRAPH_OPTIONS_OFF = {"vienna_params": [], "vienna_temps": []}
 STRUCTURES = ("given", "mfe", "mfe2") + tuple(f"sample{i}" for i in range(1, SAMPLES + 1))
 
 
@@ -180,7 +184,7 @@ def molecule_graph(rec: dict, f: Fold, structure: str | None = None, loops: str 
                    bpp_threshold: float = 0.05, codon_nodes: bool = False, f2: Fold | None = None,
                    extra: Sequence[Fold] = ()) -> Data:
     """Graph of one molecule. ``rec`` has ``id``, ``sequence`` and, when labelled, targets; ``extra``:
-    folds of the further ViennaRNA parameter sets (``graph.vienna_params``)."""
+    folds of the further ViennaRNA opinions (``graph.vienna_params``, ``graph.vienna_temps``)."""
     seq = rec["sequence"]
     n = len(seq)
     structure = structure if structure is not None else rec.get("structure") or f.structure
@@ -252,8 +256,9 @@ def reverse_graph(g: Data) -> Data:
 def graph_params(cfg: dict | None) -> dict:
     p = dict(DEFAULT_GRAPH)
     p.update((cfg or {}).get("graph", {}) or {})
-    vp = p.get("vienna_params") or []
-    p["vienna_params"] = [vp] if isinstance(vp, str) else list(vp)     # one set may be given bare
+    for k in ("vienna_params", "vienna_temps"):                        # one set or temperature may be given bare
+        v = p.get(k) or []
+        p[k] = list(v) if isinstance(v, (list, tuple)) else [v]
     return p
 
 
@@ -263,25 +268,41 @@ def graph_signature(section: dict) -> dict:
     return without_later_options(section, LATER_GRAPH_OPTIONS_OFF)
 
 
-def extra_fold_params(p: dict) -> list[FoldParams]:
-    """Folding parameters of the further ViennaRNA energy parameter sets (``vienna_params``)."""
+def extra_opinions(p: dict) -> list[tuple[str, FoldParams]]:
+    """(name, folding parameters) of each further ViennaRNA opinion, in column order: the energy
+    parameter sets of ``vienna_params`` at the main temperature, then the default set at each
+    temperature of ``vienna_temps`` (°C, 0-100, named ``T<t>``: ``T50``, ``T62.5``)."""
     out = []
     for name in p.get("vienna_params") or []:
         check_params(name, "graph.vienna_params")
-        out.append(FoldParams(temperature=float(p["temperature"]), params=str(name)))
+        out.append((str(name), FoldParams(temperature=float(p["temperature"]), params=str(name))))
+    for t in p.get("vienna_temps") or []:
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 <= t <= 100:
+            raise ValueError(f"graph.vienna_temps: {t!r} is not a temperature in °C from 0 to 100")
+        if float(t) == float(p["temperature"]):
+            raise ValueError(f"graph.vienna_temps: {t!r} °C is the main fold's graph.temperature already")
+        name = f"T{float(t):g}"
+        if any(name == n for n, _ in out):
+            raise ValueError(f"graph.vienna_temps: {t!r} °C is given twice")
+        out.append((name, FoldParams(temperature=float(t))))
     return out
+
+
+def extra_fold_params(p: dict) -> list[FoldParams]:
+    """Folding parameters of the further ViennaRNA opinions (:func:`extra_opinions`)."""
+    return [fx for _, fx in extra_opinions(p)]
 
 
 def node_feature_names(p: dict) -> list[str]:
     """Node feature columns of graphs built with params ``p``: :data:`NODE_FEATURES`, then three per
-    further ViennaRNA parameter set."""
-    return NODE_FEATURES + [f"bpp_{n}_{s}" for n in p.get("vienna_params") or [] for s in ("sum", "max", "entropy")]
+    further ViennaRNA opinion (:func:`extra_opinions`)."""
+    return NODE_FEATURES + [f"bpp_{n}_{s}" for n, _ in extra_opinions(p) for s in ("sum", "max", "entropy")]
 
 
 def edge_feature_names(p: dict) -> list[str]:
     """Edge feature columns of graphs built with params ``p``: :data:`EDGE_FEATURES`, then one per
-    further ViennaRNA parameter set."""
-    return EDGE_FEATURES + [f"p_{n}_ij" for n in p.get("vienna_params") or []]
+    further ViennaRNA opinion."""
+    return EDGE_FEATURES + [f"p_{n}_ij" for n, _ in extra_opinions(p)]
 
 
 def feature_dims(cfg: dict) -> tuple[int, int]:
