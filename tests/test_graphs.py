@@ -7,12 +7,24 @@ import torch
 
 from openvaccine import ERRORS, TARGETS
 from openvaccine.folding import fold
-from openvaccine.graphs import (EDGE_FEATURES, EDGE_TYPES, NODE_FEATURES, build_graphs, molecule_graph,
+from openvaccine.graphs import (EDGE_FEATURES, EDGE_TYPES, NODE_FEATURES, bpp_stats, build_graphs, molecule_graph,
                                 reverse_graph)
 
 
 def _edge_dict(g):
     return {(int(s), int(d)): a for (s, d), a in zip(g.edge_index.T.tolist(), g.edge_attr)}
+
+
+def _assert_opinion_appended(a, b, f, col: int = len(EDGE_FEATURES)) -> dict:
+    """Graph ``b`` is graph ``a`` with the further ViennaRNA opinion ``f`` appended: ``f``'s bpp statistics as
+    node columns and its pair probability in edge column ``col`` (0 on backbone edges). Returns ``b``'s edges."""
+    assert torch.equal(a.x, b.x[:, :len(NODE_FEATURES)]) and torch.equal(a.edge_index, b.edge_index)
+    assert torch.equal(a.edge_attr, b.edge_attr[:, :len(EDGE_FEATURES)])
+    assert torch.allclose(b.x[:, len(NODE_FEATURES):], torch.from_numpy(np.stack(bpp_stats(f), 1)))
+    e, dense = _edge_dict(b), f.dense()
+    assert all(abs(float(v[col]) - (0.0 if abs(s - d) == 1 and v[:2].any() else dense[s, d])) < 1e-6
+               for (s, d), v in e.items())
+    return e
 
 
 def test_graph_shapes_targets_and_mask(train_rows):
@@ -171,8 +183,7 @@ def test_further_vienna_parameter_sets_append_features(train_rows, cache_dir):
     import pytest
     from openvaccine.config import load_config
     from openvaccine.folding import FoldParams, fold_cached
-    from openvaccine.graphs import (bpp_stats, edge_feature_names, feature_dims, feature_key, graph_params,
-                                    node_feature_names)
+    from openvaccine.graphs import edge_feature_names, feature_dims, feature_key, graph_params, node_feature_names
     from openvaccine.models import build_model
     df = pd.DataFrame(train_rows[:3])
     p = {"engine2": "linearpartition", "vienna_params": ["Turner1999"]}
@@ -184,14 +195,8 @@ def test_further_vienna_parameter_sets_append_features(train_rows, cache_dir):
     folds = fold_cached(list(df.sequence), FoldParams(params="Turner1999"), cache_dir=cache_dir, progress=False)
     for a, b, f in zip(plain, more, folds):
         assert b.x.shape == (107, len(names)) and b.edge_attr.shape[1] == len(enames)
-        # the graph is the same, with the new set's opinion appended
-        assert torch.equal(a.x, b.x[:, :len(NODE_FEATURES)]) and torch.equal(a.edge_index, b.edge_index)
-        assert torch.equal(a.edge_attr, b.edge_attr[:, :len(EDGE_FEATURES)])
-        assert torch.allclose(b.x[:, len(NODE_FEATURES):], torch.from_numpy(np.stack(bpp_stats(f), 1)))
-        e, dense, col = _edge_dict(b), f.dense(), len(EDGE_FEATURES)
-        assert all(abs(float(v[col]) - (0.0 if abs(s - d) == 1 and v[:2].any() else dense[s, d])) < 1e-6
-                   for (s, d), v in e.items())
-        assert sum(float(v[col]) > 0 for v in e.values()) > 20
+        e = _assert_opinion_appended(a, b, f)     # the graph is the same, with the new set's opinion appended
+        assert sum(float(v[len(EDGE_FEATURES)]) > 0 for v in e.values()) > 20
     # no further sets = the graphs, caches and fingerprints of before the option existed
     assert feature_key(graph_params({"graph": {"vienna_params": []}})) == feature_key(graph_params({}))
     assert graph_params({"graph": {"vienna_params": "Turner1999"}})["vienna_params"] == ["Turner1999"]   # one set, bare
@@ -209,7 +214,7 @@ def test_further_vienna_temperatures_append_features(train_rows, cache_dir):
     """``graph.vienna_temps``: ViennaRNA's default parameters folded at each further temperature add the
     four columns of an opinion, after the parameter sets'; no temperatures = the graphs of before."""
     from openvaccine.folding import FoldParams, fold_cached
-    from openvaccine.graphs import bpp_stats, edge_feature_names, extra_opinions, feature_key, graph_params, node_feature_names
+    from openvaccine.graphs import edge_feature_names, extra_opinions, feature_key, graph_params, node_feature_names
     df = pd.DataFrame(train_rows[:2])
     p = {"vienna_params": ["Turner1999"], "vienna_temps": [50, 62.5]}
     gp = graph_params({"graph": p})
@@ -221,12 +226,8 @@ def test_further_vienna_temperatures_append_features(train_rows, cache_dir):
     f37 = fold_cached(list(df.sequence), FoldParams(), cache_dir=cache_dir, progress=False)
     f50 = fold_cached(list(df.sequence), FoldParams(temperature=50.0), cache_dir=cache_dir, progress=False)
     for a, b, f, g in zip(plain, hot, f37, f50):
-        assert torch.equal(a.x, b.x[:, :len(NODE_FEATURES)]) and torch.equal(a.edge_index, b.edge_index)
-        assert torch.allclose(b.x[:, len(NODE_FEATURES):], torch.from_numpy(np.stack(bpp_stats(g), 1)))
+        _assert_opinion_appended(a, b, g)
         assert float(g.pair_prob().sum()) < float(f.pair_prob().sum())       # hotter: fewer pairs
-        e, dense, col = _edge_dict(b), g.dense(), len(EDGE_FEATURES)
-        assert all(abs(float(v[col]) - (0.0 if abs(s - d) == 1 and v[:2].any() else dense[s, d])) < 1e-6
-                   for (s, d), v in e.items())
     assert feature_key(graph_params({"graph": {"vienna_temps": []}})) == feature_key(graph_params({}))
     assert feature_key(graph_params({"graph": {"vienna_temps": [50]}})) != feature_key(graph_params({}))
     for bad, msg in (([37], "37 °C is the main fold's graph.temperature"), ([50, 50.0], "50.0 °C is given twice"),
