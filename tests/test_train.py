@@ -492,7 +492,9 @@ def test_reverse_p_trains_on_molecules_read_from_their_3_end(train_rows, tiny_cf
     assert sorted(seen) == sorted(given["train"]) and not set(seen) & set(given["val"])
 
 
-def test_pseudo_labelled_run_uses_its_folds_teacher(trained, tiny_cfg, test_rows, tmp_path, monkeypatch):
+def _train_student(trained, tiny_cfg, test_rows, tmp_path, monkeypatch, run: str, overrides: list[str]):
+    """Fold 0 of a student of the session's tiny run, with what ``train_fold`` was given: (config, what it saw
+    (training variants ``tr`` and pseudo-labelled ``pseudo``), teacher's and student's fold-0 checkpoints, data)."""
     import shutil
     d, teacher, df = trained
     shutil.copytree(d / teacher, tmp_path / teacher)
@@ -505,11 +507,18 @@ def test_pseudo_labelled_run_uses_its_folds_teacher(trained, tiny_cfg, test_rows
         return real(cfg, tr, va, fold, device, progress, pseudo_g=pseudo_g, init_state=init_state, **kw)
     monkeypatch.setattr(T, "train_fold", spy)
     cfg = apply_overrides(json.loads(json.dumps(tiny_cfg)),
-                          ["train.only_folds=[0]", f"train.pseudo_from=[{teacher}]", "train.pseudo_weight=0.5",
-                           "train.pseudo_frac=0.5", "seed=5", f"train.fold_seed={tiny_cfg['seed']}"])
-    T.train_run(cfg, run_name="student", df=df, models_dir=tmp_path, progress=False, test_df=test_df)
+                          ["train.only_folds=[0]", f"train.pseudo_from=[{teacher}]", "seed=5",
+                           f"train.fold_seed={tiny_cfg['seed']}"] + overrides)
+    T.train_run(cfg, run_name=run, df=df, models_dir=tmp_path, progress=False, test_df=test_df)
     ck_t = torch.load(tmp_path / teacher / "fold0.pt", weights_only=False)
-    ck_s = torch.load(tmp_path / "student" / "fold0.pt", weights_only=False)
+    ck_s = torch.load(tmp_path / run / "fold0.pt", weights_only=False)
+    return cfg, seen, ck_t, ck_s, df, test_df
+
+
+def test_pseudo_labelled_run_uses_its_folds_teacher(trained, tiny_cfg, test_rows, tmp_path, monkeypatch):
+    teacher = trained[1]
+    cfg, seen, ck_t, ck_s, df, test_df = _train_student(trained, tiny_cfg, test_rows, tmp_path, monkeypatch, "student",
+                                                        ["train.pseudo_weight=0.5", "train.pseudo_frac=0.5"])
     assert ck_s["teachers"] == {teacher: ck_t["fingerprints"]}
     assert f"| {teacher} | **" in T.experiments_table(tmp_path)            # the report names the teacher
     # labels = fold 0 of the teacher, averaged over its TTA structures, on each test row's scored bases
@@ -527,6 +536,50 @@ def test_pseudo_labelled_run_uses_its_folds_teacher(trained, tiny_cfg, test_rows
     np.testing.assert_allclose(real_w, [0.5 * np.log(1.1 + float(g.sn)) for g in seen["tr"][0]], rtol=1e-5)
     assert len(real_w) == ck_s["n_train"]
     np.testing.assert_allclose(float(given[0].loss_w), 0.5 * real_w.mean(), rtol=1e-5)
+
+
+def test_pseudo_tail_labels_every_unlabelled_base_with_the_folds_teacher(trained, tiny_cfg, test_rows, tmp_path,
+                                                                         monkeypatch):
+    from openvaccine.graphs import graph_params, reverse_graph
+    cfg, seen, ck_t, ck_s, df, test_df = _train_student(trained, tiny_cfg, test_rows, tmp_path, monkeypatch, "tail",
+                                                        ["train.pseudo_tail=0.25", "train.label_positions=40"])
+    # the training molecules: their own labels before position 40, fold 0's teacher's TTA prediction after
+    train_df = df.drop(index=ck_s["oof_index"]).reset_index(drop=True)
+    train_df = train_df[T.usable_rows(train_df, cfg["train"])]
+    model = T.load_model(ck_t, torch.device("cpu"))
+    p = graph_params(ck_t["config"])
+    per_v = [T.predict_graphs(model, build_graphs(train_df, p, structure=v, progress=False)) for v in ck_t["tta"]]
+    want = [np.mean(x, 0) for x in zip(*per_v)]
+    own = build_graphs(train_df, graph_params(cfg), progress=False)
+    for variant in seen["tr"]:                                  # every training structure carries the same labels
+        assert [h.id for h in variant] == [g.id for g in own]
+        for h, g, y in zip(variant, own, want):
+            assert bool(h.score_mask.all())
+            np.testing.assert_array_equal(h.y[:40].numpy(), g.y[:40].numpy())
+            np.testing.assert_allclose(h.y[40:].numpy(), y[40:], atol=PRED_ATOL)
+            assert torch.equal(h.base_w, torch.tensor([1.0] * 40 + [0.25] * (len(y) - 40)))
+            assert "base_w" not in g and int(g.score_mask.sum()) == 68          # the cached graph is untouched
+    # the test molecules: the teacher's labels on their scored bases at weight 1, on the rest at the tail's
+    for h, r in zip(seen["pseudo"][0], test_rows):
+        sc = r["seq_scored"]
+        assert bool(h.score_mask.all()) and float(h.base_w[:sc].min()) == 1.0
+        assert torch.all(h.base_w[sc:] == 0.25)
+    # the loss weighs each base by it, and a reversed molecule keeps each base's weight
+    g = seen["tr"][0][0]
+    assert torch.equal(reverse_graph(g).base_w, g.base_w.flip(0))
+    from torch_geometric.loader import DataLoader
+    b = next(iter(DataLoader(seen["tr"][0][:2], batch_size=2)))
+    pred = torch.zeros_like(b.y)
+    w = (b.loss_w[b.batch] * b.base_w)[:, None]
+    want_loss = torch.sqrt((w * b.y ** 2).sum(0) / w.sum(0) + 1e-8).mean()
+    assert float(T.weighted_mcrmse_loss(pred, b, cfg["train"])) == pytest.approx(float(want_loss), rel=1e-5)
+    # a tail needs teachers and a weight >= 0, checked before anything trains
+    for over, msg in ((["train.pseudo_tail=-1"], "train.pseudo_tail must be a weight >= 0, got -1"),
+                      (["train.pseudo_tail=true"], "train.pseudo_tail must be a weight >= 0, got True"),
+                      (["train.pseudo_tail=0.5"], "it needs train.pseudo_from")):
+        with pytest.raises(ValueError, match=msg):
+            T.fingerprints(load_config("smoke", over), df)
+    assert T.fingerprints(load_config("smoke", ["train.pseudo_tail=0"]), df) == T.fingerprints(load_config("smoke"), df)
 
 
 def test_pseudo_labels_refuse_a_teacher_with_other_folds(trained, tiny_cfg, test_rows, tmp_path):

@@ -224,7 +224,7 @@ def molecule_graph(rec: dict, f: Fold, structure: str | None = None, loops: str 
 def reverse_graph(g: Data) -> Data:
     r"""The molecule read from its 3' end: base :math:`i` of :math:`n` becomes base :math:`n-1-i`.
 
-    Node features, targets, errors and masks follow their base; the positions (``pos_abs``,
+    Node features, targets, errors, masks (and per-base loss weights) follow their base; the positions (``pos_abs``,
     ``pos_rel``) are counted anew from the new 5' end, a pair's opening and closing brackets swap,
     and so do the backbone flags (the edge :math:`i \to i+1` was ``fwd`` and now runs from base
     :math:`n-1-i` to :math:`n-2-i`, i.e. ``bwd``): the copy is the graph of the reversed sequence
@@ -237,7 +237,7 @@ def reverse_graph(g: Data) -> Data:
         raise ValueError(f"molecule {g.id}: graphs with codon nodes cannot be reversed (graph.codon_nodes)")
     order = torch.arange(n - 1, -1, -1)
     h = copy.copy(g)
-    for key in ("x", "y", "err", "score_mask", "is_base"):
+    for key in ("x", "y", "err", "score_mask", "is_base") + (("base_w",) if "base_w" in g else ()):
         setattr(h, key, getattr(g, key)[order].clone())
     pos = torch.arange(n, dtype=g.x.dtype)
     h.x[:, NODE_FEATURES.index("pos_abs")] = pos / 100.0

@@ -222,6 +222,8 @@ def weighted_mcrmse_loss(pred, batch, tcfg: dict) -> torch.Tensor:
     w = graph_weights(batch, tcfg)[batch.batch[is_base]][:, None].expand_as(y)
     if tcfg.get("error_weight", False):
         w = w / (1.0 + batch.err[is_base])
+    if "base_w" in batch:                   # per-base weights (teacher-labelled tails: train.pseudo_tail)
+        w = w * batch.base_w[is_base][:, None]
     w = w * mask[:, None]
     se = (pred.float() - y) ** 2
     col = (w * se).sum(0) / w.sum(0).clamp(min=1e-8)
@@ -321,7 +323,7 @@ def optimiser_step(loss: torch.Tensor, params: list, opt, sched, scaler) -> None
 
 # ``train`` options added after runs were trained, at their "off" value (left out of fingerprints)
 LATER_TRAIN_OPTIONS_OFF = {"ema": 0, "cpu_bf16": False, "label_positions": None, "target_weights": None,
-                          "reverse_p": 0}
+                          "reverse_p": 0, "pseudo_tail": 0}
 # ``train`` options that say how a run is carried out, not what its models are (never fingerprinted)
 RUN_ONLY_OPTIONS = ("only_folds", "jobs")
 
@@ -334,6 +336,7 @@ def fingerprints(cfg: dict, df: pd.DataFrame) -> dict:
     first, so a bad ``train.target_weights`` stops it here, before anything trains."""
     target_weights(cfg.get("train", {}))
     reverse_prob(cfg.get("train", {}))
+    tail_weight(cfg.get("train", {}))
     p = graph_params(cfg)
     c = {k: v for k, v in cfg.items() if k != "name"}
     c["train"] = without_later_options({k: v for k, v in c.get("train", {}).items() if k not in RUN_ONLY_OPTIONS},
@@ -370,6 +373,17 @@ def reverse_prob(t: dict) -> float:
     if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 <= r <= 1:
         raise ValueError(f"train.reverse_p must be a probability between 0 and 1, got {r!r}")
     return float(r)
+
+
+def tail_weight(t: dict) -> float:
+    """``train.pseudo_tail``, checked: a weight >= 0 for the teachers' labels on unlabelled bases, which only
+    a student (``train.pseudo_from``) has."""
+    w = t.get("pseudo_tail") or 0
+    if isinstance(w, bool) or not isinstance(w, (int, float)) or not w >= 0:
+        raise ValueError(f"train.pseudo_tail must be a weight >= 0, got {w!r}")
+    if w and not t.get("pseudo_from"):
+        raise ValueError("train.pseudo_tail labels bases with the teachers' predictions: it needs train.pseudo_from")
+    return float(w)
 
 
 def as_variants(graphs) -> list[list]:
@@ -510,9 +524,11 @@ def load_model(ckpt: dict, device=None):
 
 # ---------------------------------------------------------------- pseudo-labels
 def teacher_labels(teachers: list[str], fold: int, fold_index: np.ndarray, data_fp: str, test_df: pd.DataFrame,
-                   models_dir: Path, device=None, progress: bool = True) -> tuple[list[np.ndarray], dict]:
+                   models_dir: Path, device=None, progress: bool = True,
+                   cache_graphs: bool = True) -> tuple[list[np.ndarray], dict]:
     """Pseudo-labels for ``test_df``: the mean over ``teachers`` (run names) of fold ``fold``'s
-    test-time-augmented prediction.
+    test-time-augmented prediction (``cache_graphs=False``: the graphs it needs are built, not cached:
+    a fold's training molecules, predicted once per teacher fold).
 
     Only fold ``fold`` of a teacher is used, and it must have held out exactly ``fold_index``
     (this run's fold) of the same training data: a student trained on these labels for that fold
@@ -525,7 +541,7 @@ def teacher_labels(teachers: list[str], fold: int, fold_index: np.ndarray, data_
         structures = tta_structures(p)
         pred = load_fold_prediction(path, structures, test_fp)
         if pred is None:
-            by = {v: build_graphs(test_df, p, structure=v, progress=progress) for v in structures}
+            by = {v: build_graphs(test_df, p, structure=v, progress=progress, cache=cache_graphs) for v in structures}
             pred = tta_predict([load_model(ck, device)], by, device)
             save_fold_prediction(path, structures, test_fp, pred)
         preds.append(pred)
@@ -663,8 +679,9 @@ def labels_reach(t: dict) -> int | None:
     return int(n) if n else None
 
 
-def pseudo_graphs(graphs, labels: list[np.ndarray], n_scored, weight: float) -> list:
-    """Copies of unlabelled ``graphs`` labelled with ``labels`` on their first ``n_scored`` bases."""
+def pseudo_graphs(graphs, labels: list[np.ndarray], n_scored, weight: float, tail: float = 0.0) -> list:
+    """Copies of unlabelled ``graphs`` labelled with ``labels`` on their first ``n_scored`` bases (and, with
+    ``tail`` > 0, on the rest at that weight: :func:`with_teacher_tail`)."""
     out = with_loss_weight(graphs, [weight] * len(graphs))
     for h, y, sc in zip(out, labels, n_scored):
         sc = int(sc)
@@ -672,6 +689,28 @@ def pseudo_graphs(graphs, labels: list[np.ndarray], n_scored, weight: float) -> 
         h.y[:sc] = torch.from_numpy(np.asarray(y[:sc], dtype=np.float32))
         h.score_mask = torch.zeros_like(h.score_mask)
         h.score_mask[:sc] = True
+    return with_teacher_tail(out, labels, tail) if tail else out
+
+
+def with_teacher_tail(graphs, labels: list[np.ndarray], weight: float) -> list:
+    r"""Shallow copies of ``graphs`` whose bases without a label (``score_mask`` off: a training molecule's
+    positions past its 68 labelled ones, or past ``train.label_positions``) take the teacher's label from
+    ``labels`` (one [bases, 5] array per graph) at loss weight ``weight`` relative to the molecule's own
+    labels (``base_w``, per node: 1 where the molecule was labelled). This teaches the positions the 130-nt
+    test molecules are scored on beyond the training labels (68–90) on every training molecule, at no
+    extra cost per epoch: the tails already pass through the model."""
+    out = []
+    for g, lab in zip(graphs, labels):
+        h = copy.copy(g)
+        n = len(lab)
+        tail = ~g.score_mask
+        tail[n:] = False
+        tail &= g.is_base
+        h.y = g.y.clone()
+        h.y[tail] = torch.from_numpy(np.asarray(lab, dtype=np.float32))[tail[:n]]
+        h.score_mask = g.score_mask | tail
+        h.base_w = torch.where(tail, torch.tensor(float(weight)), torch.tensor(1.0))
+        out.append(h)
     return out
 
 
@@ -750,7 +789,12 @@ def train_run(cfg: dict, run_name: str | None = None, df: pd.DataFrame | None = 
                 w_real = molecule_weight(torch.from_numpy(sn[tr_idx]).float(), t).numpy()
                 w_pseudo = float(t.get("pseudo_weight", 0.5)) * float(w_real.mean())
                 train_g = [with_loss_weight(gs, w_real) for gs in train_g]
-                pseudo_g = [pseudo_graphs(test_by[v], labels, test_df["seq_scored"], w_pseudo) for v in test_by]
+                tail = tail_weight(t)
+                pseudo_g = [pseudo_graphs(test_by[v], labels, test_df["seq_scored"], w_pseudo, tail) for v in test_by]
+                if tail:                     # the training molecules' unlabelled bases, from the same teacher folds
+                    own = teacher_labels(teachers, f, va_all, fps["data"], df.iloc[tr_idx], out.parent, device, bars,
+                                         cache_graphs=False)[0]
+                    train_g = [with_teacher_tail(gs, own, tail) for gs in train_g]
             start = start_checkpoint(cfg, f, va_all, fps["data"], out.parent)
             init = start["state_dict"] if start else encoder and encoder["state_dict"]
             state, score, hist = train_fold(cfg, train_g, [graphs[i] for i in va_idx], f, device, progress,
