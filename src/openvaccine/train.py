@@ -702,12 +702,9 @@ def with_teacher_tail(graphs, labels: list[np.ndarray], weight: float) -> list:
     out = []
     for g, lab in zip(graphs, labels):
         h = copy.copy(g)
-        n = len(lab)
-        tail = ~g.score_mask
-        tail[n:] = False
-        tail &= g.is_base
+        tail = ~g.score_mask & g.is_base            # bases come first: the rest are codon nodes
         h.y = g.y.clone()
-        h.y[tail] = torch.from_numpy(np.asarray(lab, dtype=np.float32))[tail[:n]]
+        h.y[tail] = torch.from_numpy(np.asarray(lab, dtype=np.float32))[tail[:len(lab)]]
         h.score_mask = g.score_mask | tail
         h.base_w = torch.where(tail, torch.tensor(float(weight)), torch.tensor(1.0))
         out.append(h)
