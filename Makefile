@@ -27,7 +27,7 @@ BUDGET ?= $(if $(filter 1,$(GPU)),,60)
 INPUT ?=
 OUT ?= predictions.csv
 
-.PHONY: all help setup data features train plan submit score predict bench test report-loops report-structures clean-cache compare
+.PHONY: all help setup data features train plan submit score predict bench test report-loops report-structures report-frames clean-cache compare
 
 all: data features train submit
 
@@ -78,6 +78,10 @@ report-loops:  ## how well our bpRNA loop-type annotation reproduces the given o
 
 report-structures:  ## how closely folding settings (temperatures, dangles, parameter sets, engines) reproduce the given 130-nt test structures
 	$(PYTHON) -m openvaccine report-structures
+
+report-frames:  ## how far RUNS' predictions for the 130-nt test molecules move with their positions counted back from the 3' end
+	@test -n "$(RUNS)" || (echo "usage: make report-frames RUNS='default_gatv2_lstm default_gatv2'" && exit 2)
+	$(PYTHON) -m openvaccine report-frames --runs $(RUNS)
 
 test:  ## the test suite (tiny inputs; notebooks executed on a small sample)
 	$(PYTHON) -m pytest -q tests

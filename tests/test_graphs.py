@@ -8,7 +8,7 @@ import torch
 from openvaccine import ERRORS, TARGETS
 from openvaccine.folding import fold
 from openvaccine.graphs import (EDGE_FEATURES, EDGE_TYPES, NODE_FEATURES, bpp_stats, build_graphs, molecule_graph,
-                                reverse_graph)
+                                aligned_at_3_end, reverse_graph, shifted_graph)
 
 
 def _edge_dict(g):
@@ -111,6 +111,47 @@ def test_reversed_graph_is_the_graph_of_the_reversed_molecule(train_rows):
     assert back.structure == r["structure"]
     with pytest.raises(ValueError, match="codon nodes"):
         reverse_graph(molecule_graph(r, f, codon_nodes=True))
+
+
+def test_shifted_graph_moves_only_the_positions_after_its_seam(train_rows):
+    r = train_rows[1]
+    g = molecule_graph(r, fold(r["sequence"]), bpp_threshold=0.05)
+    n, x0 = len(r["sequence"]), g.x.clone()
+    h = shifted_graph(g, 30, 23)
+    assert torch.equal(g.x, x0)                                        # a copy: the original stays as it was
+    pa, pr = NODE_FEATURES.index("pos_abs"), NODE_FEATURES.index("pos_rel")
+    i = torch.arange(n, dtype=torch.float32)
+    assert torch.allclose(h.x[:31, pa], i[:31] / 100) and torch.allclose(h.x[31:, pa], (i[31:] + 23) / 100)
+    assert float(h.x[n - 1, pa]) == pytest.approx(1.29) and float(h.x[n - 1, pr]) == pytest.approx(1.0)
+    assert torch.allclose(h.x[:, pr], h.x[:, pa] * 100 / (n + 22))
+    rest = [c for c in range(g.x.shape[1]) if c not in (pa, pr)]
+    assert torch.equal(h.x[:, rest], g.x[:, rest])
+    for key in ("y", "err", "score_mask", "edge_index", "edge_attr"):
+        assert getattr(h, key) is getattr(g, key), key
+    assert torch.equal(shifted_graph(g, 5, 0).x, g.x)
+    for seam, k in ((n, 3), (-1, 3), (10, -1)):
+        with pytest.raises(ValueError, match=f"molecule {r['id']}: a shift needs 0 <= seam < {n} and k >= 0"):
+            shifted_graph(g, seam, k)
+
+
+def test_3_end_aligned_frame_counts_the_last_bases_back_from_the_3_end(test_rows, cache_dir):
+    gs = build_graphs(pd.DataFrame(test_rows), cache_dir=cache_dir, progress=False, workers=1)
+    short, long_ = (next(g for g in gs if int(g.seq_len) == n) for n in (107, 130))
+    assert aligned_at_3_end(short, 107, 45) is short
+    x0 = long_.x.clone()
+    h = aligned_at_3_end(long_, 107, 45)
+    assert torch.equal(long_.x, x0)
+    pa, pr = NODE_FEATURES.index("pos_abs"), NODE_FEATURES.index("pos_rel")
+    pos = torch.round(h.x[:, pa] * 100).long()
+    i = torch.arange(130)
+    assert torch.equal(pos[:46], i[:46]) and (pos[46:69] == 45).all() and torch.equal(pos[69:], i[69:] - 23)
+    assert int(pos[90]) == 67 and int(pos[129]) == 106             # the last scored base and the 3' end, as at 107 nt
+    assert torch.allclose(h.x[:, pr], pos / 106.0)
+    rest = [c for c in range(h.x.shape[1]) if c not in (pa, pr)]
+    assert torch.equal(h.x[:, rest], long_.x[:, rest])
+    for seam in (-1, 107):
+        with pytest.raises(ValueError, match=f"0 <= seam < length, got seam={seam}, length=107"):
+            aligned_at_3_end(long_, 107, seam)
 
 
 def test_build_graphs_cached_and_mfe_variant(train_rows, cache_dir):

@@ -312,6 +312,28 @@ def test_scores_on_a_window_of_positions(trained):
         cli.main(["score", "--positions", "68"])                         # argparse: usage and the message
 
 
+def test_frame_sensitivity_is_the_rms_change_of_the_fold_mean_on_longer_molecules(trained, test_rows, capsys,
+                                                                                  monkeypatch):
+    from openvaccine.analysis import frame_sensitivity
+    from openvaccine.graphs import aligned_at_3_end, build_graphs
+    from openvaccine.train import load_model, predict_graphs
+    d, run, _ = trained
+    cks = [torch.load(d / run / f"fold{f}.pt", weights_only=False) for f in (0, 1)]
+    gs = build_graphs(pd.DataFrame(test_rows), progress=False, workers=1)
+    table = frame_sensitivity(cks, gs)
+    assert list(table["positions"]) == ["0-44", "45-67", "68-90", "91-129"]
+    diff = np.mean([np.stack(predict_graphs(load_model(ck), gs[4:])) -
+                    np.stack(predict_graphs(load_model(ck), [aligned_at_3_end(g, 107, 45) for g in gs[4:]]))
+                    for ck in cks], 0)[..., [TARGETS.index(t) for t in SCORED]]
+    for (lo, hi), got in zip(((0, 45), (45, 68), (68, 91)), table["rms_difference"]):
+        # four 130-nt molecules, and four 107-nt ones whose differences are zero, three columns each
+        assert got == pytest.approx(np.sqrt((diff[:, lo:hi] ** 2).sum() / (2 * 4 * 3 * (hi - lo))), rel=1e-5) and got > 0
+    assert frame_sensitivity(cks, gs[:4])["rms_difference"].eq(0).all()      # 107 nt: nothing to align
+    monkeypatch.setattr("openvaccine.train.MODELS_DIR", d)
+    cli.main(["report-frames", "--runs", run, "--folds", "0", "--n", "3"])
+    assert "tiny (folds 0; 3 molecules of more than 107 nt): 0-44: " in capsys.readouterr().out
+
+
 def copy_run(src, dst, seed=None, **train):
     """A copy of the run ``src`` at ``dst`` whose saved config has another ``seed`` and ``train`` options."""
     shutil.copytree(src, dst)

@@ -12,7 +12,7 @@ import torch
 
 from openvaccine import cli, train as T
 from openvaccine.config import CONFIG_DIR, ConfigError, apply_overrides, load_config
-from openvaccine.graphs import NUM_EDGE_FEATURES, NUM_NODE_FEATURES, build_graphs
+from openvaccine.graphs import NODE_FEATURES, NUM_EDGE_FEATURES, NUM_NODE_FEATURES, build_graphs
 from openvaccine.models import CONVS, build_model
 
 # runs predict on T.get_device(): under CUDA's fp16 autocast, a CPU recomputation agrees to ~1e-3 only
@@ -478,18 +478,53 @@ def test_reverse_p_trains_on_molecules_read_from_their_3_end(train_rows, tiny_cf
     with pytest.raises(ValueError, match="train.reverse_p must be a probability"):   # before a run trains anything
         T.fingerprints(load_config("smoke", ["train.reverse_p=2"]), pd.DataFrame(train_rows[:3]))
     # a run with reverse_p = 1 trains on every molecule reversed (and validates on them as they are)
+    seen, given = _augmented_run(train_rows, tiny_cfg, tmp_path, monkeypatch, "reverse_graph", ["train.reverse_p=1"])
+    assert sorted(seen) == sorted(given["train"]) and not set(seen) & set(given["val"])
+
+
+def _augmented_run(train_rows, tiny_cfg, tmp_path, monkeypatch, transform: str, overrides: list[str]):
+    """Fold 0 of a 1-epoch tiny run with ``overrides``: the ids of the molecules the graph transform ``transform``
+    (a name in :mod:`openvaccine.train`) was applied to, and those of the molecules ``train_fold`` was given."""
     seen, given = [], {}
-    real, real_fold = T.reverse_graph, T.train_fold
-    monkeypatch.setattr(T, "reverse_graph", lambda g: seen.append(g.id) or real(g))
+    real, real_fold = getattr(T, transform), T.train_fold
+    monkeypatch.setattr(T, transform, lambda g, *a: seen.append(g.id) or real(g, *a))
 
     def spy(cfg, train_g, val_g, *a, **k):
         given.update(train=[g.id for gs in train_g for g in gs], val=[g.id for g in val_g])
         return real_fold(cfg, train_g, val_g, *a, **k)
     monkeypatch.setattr(T, "train_fold", spy)
-    cfg = apply_overrides(json.loads(json.dumps(tiny_cfg)), ["train.reverse_p=1", "train.epochs=1",
-                                                             "train.only_folds=[0]", "train.aug_structures=[]"])
-    T.train_run(cfg, run_name="rev", df=pd.DataFrame(train_rows), models_dir=tmp_path, progress=False)
-    assert sorted(seen) == sorted(given["train"]) and not set(seen) & set(given["val"])
+    cfg = apply_overrides(json.loads(json.dumps(tiny_cfg)), overrides + ["train.epochs=1", "train.only_folds=[0]",
+                                                                         "train.aug_structures=[]"])
+    T.train_run(cfg, run_name="aug", df=pd.DataFrame(train_rows), models_dir=tmp_path, progress=False)
+    return seen, given
+
+
+def test_pos_shift_trains_half_the_molecules_at_the_positions_of_a_longer_one(train_rows, tiny_cfg, tmp_path,
+                                                                             monkeypatch):
+    graphs = build_graphs(pd.DataFrame(train_rows[:40]), progress=False, workers=1)
+    rng = np.random.default_rng(0)
+    state = rng.bit_generator.state
+    assert T.shifted_at_random(graphs, 0, rng) is graphs and rng.bit_generator.state == state
+    out = T.shifted_at_random(graphs, 23, rng)
+    pa = NODE_FEATURES.index("pos_abs")
+    moved = [h is not g for g, h in zip(graphs, out)]
+    assert 10 < sum(moved) < 30
+    for g, h, m in zip(graphs, out, moved):
+        d = torch.round((h.x[:, pa] - g.x[:, pa]) * 100).long()
+        if not m:
+            continue
+        seam = int((d > 0).nonzero()[0])                               # the first base past the seam
+        k = int(d[seam])
+        assert 1 <= seam <= 68 and 1 <= k <= 23                        # after one of the 68 scored bases
+        assert not d[:seam].any() and (d[seam:] == k).all() and torch.equal(h.y, g.y)
+    for bad in (-1, 2.5, "23", True):
+        with pytest.raises(ValueError, match=f"train.pos_shift must be a whole number of bases >= 0, got {bad!r}"):
+            T.max_shift({"pos_shift": bad})
+    with pytest.raises(ValueError, match="train.pos_shift must be a whole number"):      # before a run trains anything
+        T.fingerprints(load_config("smoke", ["train.pos_shift=-3"]), pd.DataFrame(train_rows[:3]))
+    # a run with pos_shift shifts training molecules only, about half of them an epoch
+    seen, given = _augmented_run(train_rows, tiny_cfg, tmp_path, monkeypatch, "shifted_graph", ["train.pos_shift=23"])
+    assert set(seen) <= set(given["train"]) and 0.25 < len(seen) / len(given["train"]) < 0.75
 
 
 def _train_student(trained, tiny_cfg, test_rows, tmp_path, monkeypatch, run: str, overrides: list[str]):
@@ -637,16 +672,17 @@ def test_options_added_later_leave_older_runs_fingerprints_alone(train_rows):
     is the one its runs were trained with."""
     df = pd.DataFrame(train_rows[:5])
     cfg = load_config("smoke", ["model.attn_layers=0", "train.ema=0", "graph.vienna_params=[]", "train.cpu_bf16=false",
-                                "train.label_positions=null", "train.target_weights=null", "train.reverse_p=0"])
+                                "train.label_positions=null", "train.target_weights=null", "train.reverse_p=0",
+                                "train.pos_shift=0"])
     older = {k: v for k, v in cfg.items()}
     older["model"] = {k: v for k, v in cfg["model"].items() if k != "attn_layers"}
     older["train"] = {k: v for k, v in cfg["train"].items()
-                      if k not in ("ema", "cpu_bf16", "label_positions", "target_weights", "reverse_p")}
+                      if k not in ("ema", "cpu_bf16", "label_positions", "target_weights", "reverse_p", "pos_shift")}
     older["graph"] = {k: v for k, v in cfg["graph"].items() if k != "vienna_params"}
     assert T.fingerprints(cfg, df) == T.fingerprints(older, df)
     for change in (["model.attn_layers=1", "train.ema=0"], ["model.attn_layers=0", "train.ema=0.99"],
                    ["model.attn_layers=0", "train.cpu_bf16=true"], ["train.label_positions=48"],
-                   ["train.target_weights={deg_pH10: 0.5}"], ["train.reverse_p=0.5"],
+                   ["train.target_weights={deg_pH10: 0.5}"], ["train.reverse_p=0.5"], ["train.pos_shift=23"],
                    ["graph.vienna_params=[Langdon2018]"]):
         changed = T.fingerprints(load_config("smoke", change), df)
         assert changed != T.fingerprints(older, df)

@@ -3,14 +3,15 @@
 ``per_base`` turns molecules into one row per base; ``draw_graph`` draws a bracket-pair graph
 (backbone, base-pair, pseudoknot and bpp edges in different styles); ``draw_arcs`` an arc
 diagram; ``draw_bpp`` the base-pair probability matrix; ``oof_per_base`` the out-of-fold errors
-of a trained run.
+of a trained run; ``frame_sensitivity`` how much a run's predictions for molecules longer than the training ones
+depend on where their positions are counted from.
 """
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
-from . import ERRORS, SCORED, TARGETS
+from . import ERRORS, SCORED, SCORED_IDX, TARGETS
 from .data import pair_table
 from .graphs import EDGE_FEATURES, EDGE_TYPES, LOOPS
 
@@ -184,3 +185,28 @@ def predict_one(run, rec: dict) -> np.ndarray:
     """Fold-averaged predictions of ``run`` for one molecule record (for colouring a graph)."""
     from .predict import run_predict
     return run_predict(run, pd.DataFrame([rec]), tta=False, progress=False)[0]
+
+
+def frame_sensitivity(checkpoints: list[dict], graphs: list, length: int = 107, seam: int = 45,
+                      windows=((0, 45), (45, 68), (68, 91), (91, None))) -> pd.DataFrame:
+    """RMS difference (over the scored columns) between the fold-averaged predictions of ``checkpoints`` for
+    ``graphs`` with their positions counted from the 5' end, as the model is given them, and in the 3'-aligned
+    frame of a ``length``-base molecule (:func:`~.graphs.aligned_at_3_end`), per window of positions. Only
+    molecules longer than ``length`` differ. Neither frame is known to be right (every labelled molecule
+    is 107 nt long): a model that depends less on the frame relies less on absolute positions it has never
+    seen labelled."""
+    from .graphs import aligned_at_3_end
+    from .train import load_model, predict_graphs
+    other = [aligned_at_3_end(g, length, seam) for g in graphs]
+    diff = []
+    for ck in checkpoints:
+        model = load_model(ck)
+        a, b = predict_graphs(model, graphs), predict_graphs(model, other)
+        diff.append([pa - pb for pa, pb in zip(a, b)])
+    mean = [np.mean([d[k] for d in diff], 0)[:, SCORED_IDX] for k in range(len(graphs))]
+    rows = []
+    for lo, hi in windows:
+        sq = np.concatenate([m[lo:hi].ravel() ** 2 for m in mean])
+        rows.append(dict(positions=f"{lo}-{(hi or max(len(m) for m in mean)) - 1}", rms_difference=np.sqrt(sq.mean())
+                         if len(sq) else np.nan))
+    return pd.DataFrame(rows)

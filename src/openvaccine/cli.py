@@ -125,6 +125,24 @@ def cmd_report(args):
     print(text)
 
 
+def cmd_report_frames(args):
+    import torch
+    from .analysis import frame_sensitivity
+    from .data import load_test
+    from .graphs import build_graphs, graph_params
+    from .train import MODELS_DIR, fold_path
+    te = load_test()
+    te = te[te["seq_length"] > 107].head(args.n).reset_index(drop=True)
+    for name in args.runs:
+        run_dir = MODELS_DIR / name
+        cfg = json.loads((run_dir / "cv.json").read_text())["config"]
+        folds = args.folds if args.folds is not None else range(int(cfg["train"]["folds"]))
+        cks = [torch.load(fold_path(run_dir, f), weights_only=False, map_location="cpu") for f in folds]
+        table = frame_sensitivity(cks, build_graphs(te, graph_params(cfg), structure="given", progress=False))
+        print(f"{name} (folds {', '.join(map(str, folds))}; {len(te)} molecules of more than 107 nt): "
+              + "  ".join(f"{r.positions}: {r.rms_difference:.4f}" for r in table.itertuples()))
+
+
 def cmd_report_structures(args):
     import numpy as np
     from .folding import structure_agreement
@@ -171,6 +189,12 @@ def main(argv=None):
     p.add_argument("--n", type=int, default=250, help="molecules sampled")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(fn=cmd_report_structures)
+    p = sub.add_parser("report-frames", help="how much runs' predictions for the 130-nt test molecules depend on "
+                                             "counting their positions from the 5' end or aligned at the 3' end")
+    p.add_argument("--runs", nargs="+", required=True, help="run folders under models/ (fold subsets too)")
+    p.add_argument("--folds", nargs="*", type=int, default=None, help="these folds only (default: all)")
+    p.add_argument("--n", type=int, default=600, help="the first N test molecules longer than 107 nt")
+    p.set_defaults(fn=cmd_report_frames)
     p = sub.add_parser("train", help="K-fold training of one config, or of several sharing one pool of fold processes")
     p.add_argument("--config", nargs="+", default=["default"], help="YAMLs under configs/ or paths")
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides (of every config)")

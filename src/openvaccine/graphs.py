@@ -239,9 +239,7 @@ def reverse_graph(g: Data) -> Data:
     h = copy.copy(g)
     for key in ("x", "y", "err", "score_mask", "is_base") + (("base_w",) if "base_w" in g else ()):
         setattr(h, key, getattr(g, key)[order].clone())
-    pos = torch.arange(n, dtype=g.x.dtype)
-    h.x[:, NODE_FEATURES.index("pos_abs")] = pos / 100.0
-    h.x[:, NODE_FEATURES.index("pos_rel")] = pos / max(n - 1, 1)
+    _set_positions(h.x, torch.arange(n, dtype=g.x.dtype), n)
     sopen, sclose = NODE_FEATURES.index("struct_open"), NODE_FEATURES.index("struct_close")
     h.x[:, [sopen, sclose]] = h.x[:, [sclose, sopen]]
     h.edge_index = (n - 1) - g.edge_index
@@ -250,6 +248,53 @@ def reverse_graph(g: Data) -> Data:
     h.edge_attr[:, [fwd, bwd]] = g.edge_attr[:, [bwd, fwd]]
     mirror = str.maketrans("()[]{}<>", ")(][}{><")
     h.structure = g.structure[::-1].translate(mirror)
+    return h
+
+
+def shifted_graph(g: Data, seam: int, k: int) -> Data:
+    r"""The molecule's position features as if :math:`k` bases had been inserted after base ``seam``:
+    base :math:`i` keeps ``pos_abs`` :math:`= i/100` up to the seam and takes :math:`(i+k)/100` after it,
+    and ``pos_rel`` is counted over :math:`n+k` bases. Nothing else changes (sequence, structure, edges,
+    labels): a training augmentation (``train.pos_shift``) that shows the model labelled design
+    bases at absolute positions a longer molecule has them at, as the 130-nt test molecules have
+    their scored positions 68–90, which no 107-nt training molecule has a label at."""
+    n = int(g.seq_len)
+    if not 0 <= seam < n or k < 0:
+        raise ValueError(f"molecule {g.id}: a shift needs 0 <= seam < {n} and k >= 0, got seam={seam}, k={k}")
+    pos = torch.arange(n, dtype=g.x.dtype)
+    pos[seam + 1:] += k
+    return _with_positions(g, pos, n + k)
+
+
+def aligned_at_3_end(g: Data, length: int, seam: int) -> Data:
+    r"""The position features a molecule of :math:`n > L` bases (``length`` :math:`L`) would have if its bases past
+    the seam were counted back from its 3' end as in a molecule of :math:`L` bases: base :math:`i` keeps
+    :math:`i` up to ``seam`` :math:`s`, takes :math:`i-(n-L)` over its last :math:`L-1-s` bases, and :math:`s`
+    between (``pos_rel`` over :math:`L` bases). A molecule of :math:`L` bases or fewer stays as it is. The other
+    frame for the 130-nt test molecules, whose scored positions end 39 bases before the 3' end, as the 107-nt ones'
+    do: :func:`~.analysis.frame_sensitivity` measures how much a model's predictions depend on the frame."""
+    n = int(g.seq_len)
+    if not 0 <= seam < length:
+        raise ValueError(f"a 3'-aligned frame needs 0 <= seam < length, got seam={seam}, length={length}")
+    if n <= length:
+        return g
+    i = torch.arange(n, dtype=g.x.dtype)
+    tail = length - 1 - seam                     # bases counted from the 3' end
+    pos = torch.clamp(i, max=seam) + (tail - torch.clamp((n - 1) - i, max=tail))
+    return _with_positions(g, pos, length)
+
+
+def _set_positions(x: torch.Tensor, pos: torch.Tensor, length: int) -> None:
+    """Write ``pos`` (one per base) into the first rows' ``pos_abs`` and ``pos_rel`` (over ``length`` bases)."""
+    x[:len(pos), NODE_FEATURES.index("pos_abs")] = pos / 100.0
+    x[:len(pos), NODE_FEATURES.index("pos_rel")] = pos / max(length - 1, 1)
+
+
+def _with_positions(g: Data, pos: torch.Tensor, length: int) -> Data:
+    """A copy of ``g`` whose bases have the positions ``pos`` (:func:`_set_positions`); the rest is shared."""
+    h = copy.copy(g)
+    h.x = g.x.clone()
+    _set_positions(h.x, pos, length)
     return h
 
 

@@ -34,7 +34,7 @@ from . import SCORED, SCORED_IDX, TARGETS
 from .config import ROOT, apply_overrides, atomic_path, fingerprint, without_later_options
 from .data import data_fingerprint, load_test, load_train
 from .graphs import (build_graphs, feature_dims, feature_key, graph_params, graph_signature, reverse_graph,
-                     tta_structures)
+                     shifted_graph, tta_structures)
 from .models import build_model, model_signature
 from .pretrain import cached_encoder, load_encoder, pretrain_key, pretrain_settings
 
@@ -323,7 +323,7 @@ def optimiser_step(loss: torch.Tensor, params: list, opt, sched, scaler) -> None
 
 # ``train`` options added after runs were trained, at their "off" value (left out of fingerprints)
 LATER_TRAIN_OPTIONS_OFF = {"ema": 0, "cpu_bf16": False, "label_positions": None, "target_weights": None,
-                          "reverse_p": 0, "pseudo_tail": 0}
+                          "reverse_p": 0, "pseudo_tail": 0, "pos_shift": 0}
 # ``train`` options that say how a run is carried out, not what its models are (never fingerprinted)
 RUN_ONLY_OPTIONS = ("only_folds", "jobs")
 
@@ -336,6 +336,7 @@ def fingerprints(cfg: dict, df: pd.DataFrame) -> dict:
     first, so a bad ``train.target_weights`` stops it here, before anything trains."""
     target_weights(cfg.get("train", {}))
     reverse_prob(cfg.get("train", {}))
+    max_shift(cfg.get("train", {}))
     tail_weight(cfg.get("train", {}))
     p = graph_params(cfg)
     c = {k: v for k, v in cfg.items() if k != "name"}
@@ -373,6 +374,30 @@ def reverse_prob(t: dict) -> float:
     if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 <= r <= 1:
         raise ValueError(f"train.reverse_p must be a probability between 0 and 1, got {r!r}")
     return float(r)
+
+
+def shifted_at_random(graphs: list, shift: int, rng: np.random.Generator, p: float = 0.5) -> list:
+    """``graphs``, each with probability ``p`` given the position features of a longer molecule
+    (:func:`~.graphs.shifted_graph`): ``k`` bases, 1 to ``shift`` (``train.pos_shift``), inserted after a
+    base drawn among its scored ones (0: the graphs as they are, and ``rng`` untouched)."""
+    if shift <= 0:
+        return graphs
+    out = []
+    for g in graphs:
+        pick, k = rng.random() < p, int(rng.integers(1, shift + 1))
+        scored = torch.nonzero(g.score_mask[:int(g.seq_len)]).flatten()
+        end = int(scored[-1]) + 1 if len(scored) else int(g.seq_len)
+        seam = int(rng.integers(0, end))
+        out.append(shifted_graph(g, seam, k) if pick else g)
+    return out
+
+
+def max_shift(t: dict) -> int:
+    """``train.pos_shift``, checked: a whole number of bases >= 0."""
+    k = t.get("pos_shift") or 0
+    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+        raise ValueError(f"train.pos_shift must be a whole number of bases >= 0, got {k!r}")
+    return k
 
 
 def tail_weight(t: dict) -> float:
@@ -442,13 +467,14 @@ def train_fold(cfg: dict, train_g, val_g, fold: int, device, progress: bool | st
     aug_rng = np.random.default_rng(int(cfg.get("seed", 42)) + fold)
     aug_prob = float(t.get("aug_prob", 0.5))
     reverse_p = reverse_prob(t)
+    shift = max_shift(t)
 
     def this_epoch() -> list:
         gs = epoch_graphs(variants, aug_prob, aug_rng)
         if n_p:
             pick = aug_rng.choice(len(pvariants[0]), n_p, replace=False)
             gs = gs + epoch_graphs([[pv[i] for i in pick] for pv in pvariants], aug_prob, aug_rng)
-        return reversed_at_random(gs, reverse_p, aug_rng)
+        return shifted_at_random(reversed_at_random(gs, reverse_p, aug_rng), shift, aug_rng)
     model = new_model(cfg)                  # its precision mark is copied into the EMA model
     if init_state is not None:
         load_encoder(model, init_state)
@@ -471,7 +497,7 @@ def train_fold(cfg: dict, train_g, val_g, fold: int, device, progress: bool | st
     windows = (scored_between(val_g, 0, reach), scored_between(val_g, reach)) if past else None
     for ep in range(epochs):
         model.train()
-        if len(variants) > 1 or n_p or reverse_p:
+        if len(variants) > 1 or n_p or reverse_p or shift:
             loader = DataLoader(this_epoch(), batch_size=bs, shuffle=True, generator=gen)
         t0 = time.perf_counter()
         run_loss, n = 0.0, 0
