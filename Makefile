@@ -63,8 +63,8 @@ plan:  ## the MEMBERS `make train` would train here within BUDGET (measures this
 submit:  ## blend every trained run into submissions/submission.csv (validated)
 	$(PYTHON) -m openvaccine submit
 
-score:  ## OOF MCRMSE of each run and of the blend (also with weights fitted on other folds; POSITIONS=48:68: a window)
-	$(PYTHON) -m openvaccine score $(if $(POSITIONS),--positions $(POSITIONS))
+score:  ## OOF MCRMSE of each run and of the blend (also with weights fitted on other folds; POSITIONS=48:68: a window; RUNS=..., FOLDS="0 1": runs trained on some folds)
+	$(PYTHON) -m openvaccine score $(if $(RUNS),--runs $(RUNS)) $(if $(POSITIONS),--positions $(POSITIONS)) $(if $(FOLDS),--folds $(FOLDS))
 
 predict:  ## per-base predictions for new sequences: make predict INPUT=seqs.fasta OUT=preds.csv
 	@test -n "$(INPUT)" || (echo "usage: make predict INPUT=seqs.fasta OUT=preds.csv" && exit 2)

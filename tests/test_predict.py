@@ -10,7 +10,7 @@ import torch
 from openvaccine import SCORED, TARGETS, cli
 from openvaccine.config import parse_window
 from openvaccine.data import DataError
-from openvaccine.predict import (BlendError, apply_floors, blend, blend_report, check_same_grouping, ensemble_predict, fit_blend, fit_floors, nested_blend, load_runs, make_submission,
+from openvaccine.predict import (BlendError, NoModelsError, apply_floors, blend, blend_report, check_same_grouping, ensemble_predict, fit_blend, fit_floors, nested_blend, load_runs, make_submission,
                                  prediction_jobs, predict_file, read_sequences, submission_frame, validate_submission,
                                  write_submission)
 
@@ -310,6 +310,38 @@ def test_scores_on_a_window_of_positions(trained):
         blend_report(runs=runs, df=train_df, positions=(70, 90))
     with pytest.raises(SystemExit):
         cli.main(["score", "--positions", "68"])                         # argparse: usage and the message
+
+
+def test_runs_trained_on_some_folds_score_and_blend_on_those_folds(trained, tmp_path, monkeypatch):
+    d, run, train_df = trained
+    copy_run(d / run, tmp_path / "full")
+    copy_run(d / run, tmp_path / "part")                       # as `train.only_folds=[0]` leaves a run
+    (tmp_path / "part" / "fold1.pt").unlink()
+    with np.load(tmp_path / "part" / "oof.npz", allow_pickle=True) as z:
+        arrays = dict(z)
+    for key in ("pred", "pred_tta"):
+        arrays[key][arrays["fold"] == 1] = np.nan
+    np.savez_compressed(tmp_path / "part" / "oof.npz", **arrays)
+    with pytest.raises(NoModelsError, match="fold1.pt missing"):
+        load_runs(["full", "part"], models_dir=tmp_path)
+    with pytest.raises(NoModelsError, match="no fold 2: the run has folds 0-1"):
+        load_runs(["full"], models_dir=tmp_path, folds=[2])
+    runs = load_runs(["full", "part"], models_dir=tmp_path, folds=[0])
+    assert [len(r.checkpoints) for r in runs] == [1, 1]
+    rep = blend_report(runs=runs, df=train_df, folds=[0])
+    good = (train_df["SN_filter"] == 1).to_numpy() & (arrays["fold"] == 0)
+    assert 0 < good.sum() < (train_df["SN_filter"] == 1).sum()
+    y = np.stack([np.stack([r[t] for t in TARGETS], 1) for r in train_df[good].to_dict("records")])
+    err = (arrays["pred_tta"][good][:, :68] - y) ** 2
+    expected = np.mean([np.sqrt(err[..., TARGETS.index(t)].mean()) for t in SCORED])
+    assert rep["members"] == {"full": pytest.approx(expected, rel=1e-5), "part": pytest.approx(expected, rel=1e-5)}
+    assert np.isfinite(rep["blend_mcrmse"]) and rep["n_molecules"] == good.sum()
+    assert "blend_mcrmse_nested" not in rep                     # one fold: no other fold to fit weights on
+    both = blend_report(runs=load_runs(["full"], models_dir=tmp_path), df=train_df, folds=[0, 1])
+    assert both["members"] == blend_report(runs=load_runs(["full"], models_dir=tmp_path), df=train_df)["members"]
+    monkeypatch.setattr("openvaccine.predict.MODELS_DIR", tmp_path)
+    with pytest.raises(SystemExit, match="no fold 3"):
+        cli.main(["score", "--runs", "part", "--folds", "3"])
 
 
 def test_frame_sensitivity_is_the_rms_change_of_the_fold_mean_on_longer_molecules(trained, test_rows, capsys,

@@ -108,7 +108,8 @@ def cmd_submit(args):
 
 def cmd_score(args):
     from .predict import blend_report, blendable_runs
-    print(json.dumps(blend_report(runs=blendable_runs(args.runs), positions=args.positions), indent=2))
+    runs = blendable_runs(args.runs, folds=args.folds)
+    print(json.dumps(blend_report(runs=runs, positions=args.positions, folds=args.folds), indent=2))
 
 
 def cmd_predict(args):
@@ -214,6 +215,9 @@ def main(argv=None):
     p.add_argument("--runs", nargs="*", default=None)
     p.add_argument("--positions", default=None, metavar="START:END", type=window_arg,
                    help="score positions START..END-1 only (e.g. 48:68 after train.label_positions=48)")
+    p.add_argument("--folds", nargs="+", type=int, default=None,
+                   help="score and blend on the molecules these folds (numbered as in the first run) held out "
+                        "only: runs trained on some folds (train.only_folds) compare there")
     p.set_defaults(fn=cmd_score)
     p = sub.add_parser("predict", help="per-base predictions for new sequences (FASTA/CSV/JSON)")
     p.add_argument("--input", required=True)

@@ -57,8 +57,11 @@ class Run:
         return graph_params(self.config)
 
 
-def load_runs(names: list[str] | None = None, models_dir: Path | str | None = None) -> list[Run]:
-    """Complete runs (every fold saved and a cv.json) under ``models/``."""
+def load_runs(names: list[str] | None = None, models_dir: Path | str | None = None,
+              folds: list[int] | None = None) -> list[Run]:
+    """Complete runs (every fold saved and a cv.json) under ``models/``. With ``folds``, runs that saved
+    those folds (``train.only_folds``), with their checkpoints only: enough to score and blend them on
+    the molecules those folds held out (:func:`blend_report`), not to predict."""
     root = Path(models_dir or MODELS_DIR)
     if names:
         dirs = [root / n if not Path(n).is_dir() else Path(n) for n in names]
@@ -73,8 +76,11 @@ def load_runs(names: list[str] | None = None, models_dir: Path | str | None = No
         if cv.get("partial") and not names:
             continue                                   # fold-subset comparison runs are not ensemble members
         k = int(cv["config"]["train"]["folds"])
+        bad = sorted(set(folds or ()) - set(range(k)))
+        if bad:
+            raise NoModelsError(f"{d}: no fold {bad[0]}: the run has folds 0-{k - 1}")
         cks = []
-        for f in range(k):
+        for f in (range(k) if folds is None else sorted(set(folds))):
             p = fold_path(d, f)
             if not p.is_file():
                 raise NoModelsError(f"{p} missing; rerun `make train` to complete the run")
@@ -196,10 +202,11 @@ def check_same_grouping(runs: list[Run]) -> None:
                          "than its test predictions; retrain the older runs, or blend one split's runs (--runs)")
 
 
-def blendable_runs(names: list[str] | None = None, models_dir: Path | str | None = None) -> list[Run]:
+def blendable_runs(names: list[str] | None = None, models_dir: Path | str | None = None,
+                   folds: list[int] | None = None) -> list[Run]:
     """``load_runs`` + ``check_same_grouping`` for the commands: what stops them exits with its message."""
     try:
-        runs = load_runs(names, models_dir)
+        runs = load_runs(names, models_dir, folds)
         check_same_grouping(runs)
     except (NoModelsError, BlendError) as e:
         raise SystemExit(str(e))
@@ -288,16 +295,24 @@ def nested_blend(oofs: list[np.ndarray], y: np.ndarray, mask: np.ndarray,
 
 
 def blend_report(names: list[str] | None = None, runs: list[Run] | None = None,
-                 df: pd.DataFrame | None = None, positions: tuple[int, int] | None = None) -> dict:
+                 df: pd.DataFrame | None = None, positions: tuple[int, int] | None = None,
+                 folds: list[int] | None = None) -> dict:
     """OOF MCRMSE (3 scored columns, SN_filter=1) of every run and of the fitted blend; with
     several runs also ``blend_mcrmse_nested``, the blend scored with weights fitted on other folds.
     ``positions`` ``(start, end)``: every score, weight and floor on the scored positions in that
-    window only (e.g. the positions a ``train.label_positions`` run never saw labelled)."""
-    runs = runs or load_runs(names)
+    window only (e.g. the positions a ``train.label_positions`` run never saw labelled). ``folds``:
+    all of it on the molecules those folds held out only, so that runs trained on some folds
+    (``train.only_folds``) compare and blend on what they predicted; the nested blend then fits
+    each of those folds' weights on the others among them."""
+    runs = runs or load_runs(names, folds=folds)
     check_same_grouping(runs)
     df = load_train() if df is None else df
     good = (df["SN_filter"] == 1).to_numpy()
     df = df[good].reset_index(drop=True)
+    if folds is not None:
+        with np.load(runs[0].path / "oof.npz", allow_pickle=True) as z:
+            held = set(z["ids"][np.isin(z["fold"], list(folds))].tolist())
+        df = df[df["id"].isin(held)].reset_index(drop=True)
     L = int(df["seq_scored"].max())
     y = np.zeros((len(df), 130, len(TARGETS)), dtype=np.float32)
     mask = np.zeros((len(df), 130), dtype=bool)
@@ -325,7 +340,7 @@ def blend_report(names: list[str] | None = None, runs: list[Run] | None = None,
                n_molecules=int(len(df)), max_scored=L)
     if positions is not None:
         rep["positions"] = [positions[0], min(positions[1], L)]
-    if len(runs) > 1:          # weights fitted on the other folds (one split: check_same_grouping)
+    if len(runs) > 1 and len(np.unique(folds[0])) > 1:   # weights fitted on the other folds (one split: check_same_grouping)
         nested, nested_floored = nested_blend(oofs, y, mask, folds[0])
         rep["blend_mcrmse_nested"] = mcrmse(nested[mask], y[mask])
         rep["blend_mcrmse_nested_floored"] = mcrmse(nested_floored[mask], y[mask])
