@@ -337,6 +337,8 @@ def test_runs_trained_on_some_folds_score_and_blend_on_those_folds(trained, tmp_
     assert rep["members"] == {"full": pytest.approx(expected, rel=1e-5), "part": pytest.approx(expected, rel=1e-5)}
     assert np.isfinite(rep["blend_mcrmse"]) and rep["n_molecules"] == good.sum()
     assert "blend_mcrmse_nested" not in rep                     # one fold: no other fold to fit weights on
+    with pytest.raises(BlendError, match=r"part/oof.npz has no predictions for the molecules of fold\(s\) \[1\]"):
+        blend_report(runs=runs, df=train_df, folds=[1])          # not what the runs were loaded for
     both = blend_report(runs=load_runs(["full"], models_dir=tmp_path), df=train_df, folds=[0, 1])
     assert both["members"] == blend_report(runs=load_runs(["full"], models_dir=tmp_path), df=train_df)["members"]
     monkeypatch.setattr("openvaccine.predict.MODELS_DIR", tmp_path)

@@ -327,7 +327,12 @@ def blend_report(names: list[str] | None = None, runs: list[Run] | None = None,
         mask &= window
         if not mask.any():
             raise ConfigError(f"positions {positions[0]}:{positions[1]}: no scored position there (scored: 0:{L})")
-    oofs, folds = map(list, zip(*[_oof_matrix(r, df) for r in runs]))
+    oofs, held_in = map(list, zip(*[_oof_matrix(r, df) for r in runs]))
+    for r, o, f in zip(runs, oofs, held_in):
+        gap = sorted(set(f[~np.isfinite(o).all((1, 2))].tolist()))          # folds a partial run did not train
+        if gap:
+            raise BlendError(f"{r.path}/oof.npz has no predictions for the molecules of fold(s) {gap}: the run did "
+                             "not train them; score it on the folds it trained (--folds)")
     W = fit_blend(oofs, y, mask)
     fitted = blend(oofs, W)
     floors = fit_floors(fitted, y, mask)
@@ -340,8 +345,8 @@ def blend_report(names: list[str] | None = None, runs: list[Run] | None = None,
                n_molecules=int(len(df)), max_scored=L)
     if positions is not None:
         rep["positions"] = [positions[0], min(positions[1], L)]
-    if len(runs) > 1 and len(np.unique(folds[0])) > 1:   # weights fitted on the other folds (one split: check_same_grouping)
-        nested, nested_floored = nested_blend(oofs, y, mask, folds[0])
+    if len(runs) > 1 and len(np.unique(held_in[0])) > 1:   # weights fitted on the other folds (one split: check_same_grouping)
+        nested, nested_floored = nested_blend(oofs, y, mask, held_in[0])
         rep["blend_mcrmse_nested"] = mcrmse(nested[mask], y[mask])
         rep["blend_mcrmse_nested_floored"] = mcrmse(nested_floored[mask], y[mask])
     return rep
