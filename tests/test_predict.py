@@ -344,6 +344,9 @@ def test_runs_trained_on_some_folds_score_and_blend_on_those_folds(trained, tmp_
     monkeypatch.setattr("openvaccine.predict.MODELS_DIR", tmp_path)
     with pytest.raises(SystemExit, match="no fold 3"):
         cli.main(["score", "--runs", "part", "--folds", "3"])
+    shutil.copy(tmp_path / "part" / "fold0.pt", tmp_path / "part" / "fold1.pt")   # saved, its call stopped before oof.npz
+    with pytest.raises(SystemExit, match=r"no predictions for the molecules of fold\(s\) \[1\]"):
+        cli.main(["score", "--runs", "part", "--folds", "1"])
 
 
 def test_frame_sensitivity_is_the_rms_change_of_the_fold_mean_on_longer_molecules(trained, test_rows, capsys,

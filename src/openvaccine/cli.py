@@ -107,9 +107,13 @@ def cmd_submit(args):
 
 
 def cmd_score(args):
-    from .predict import blend_report, blendable_runs
+    from .predict import BlendError, blend_report, blendable_runs
     runs = blendable_runs(args.runs, folds=args.folds)
-    print(json.dumps(blend_report(runs=runs, positions=args.positions, folds=args.folds), indent=2))
+    try:
+        rep = blend_report(runs=runs, positions=args.positions, folds=args.folds)
+    except BlendError as e:                    # e.g. a run trained on other folds than those scored
+        raise SystemExit(str(e))
+    print(json.dumps(rep, indent=2))
 
 
 def cmd_predict(args):
