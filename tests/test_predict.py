@@ -366,7 +366,7 @@ def test_frame_sensitivity_is_the_rms_change_of_the_fold_mean_on_longer_molecule
         # four 130-nt molecules, and four 107-nt ones whose differences are zero, three columns each
         assert got == pytest.approx(np.sqrt((diff[:, lo:hi] ** 2).sum() / (2 * 4 * 3 * (hi - lo))), rel=1e-5) and got > 0
     assert frame_sensitivity(cks, gs[:4])["rms_difference"].eq(0).all()      # 107 nt: nothing to align
-    monkeypatch.setattr("openvaccine.train.MODELS_DIR", d)
+    monkeypatch.setattr("openvaccine.predict.MODELS_DIR", d)
     cli.main(["report-frames", "--runs", run, "--folds", "0", "--n", "3"])
     assert "tiny (folds 0; 3 molecules of more than 107 nt): 0-44: " in capsys.readouterr().out
 

@@ -131,21 +131,20 @@ def cmd_report(args):
 
 
 def cmd_report_frames(args):
-    import torch
     from .analysis import frame_sensitivity
     from .data import load_test
-    from .graphs import build_graphs, graph_params
-    from .train import MODELS_DIR, fold_path
+    from .graphs import build_graphs
+    from .predict import NoModelsError, load_runs
     te = load_test()
     te = te[te["seq_length"] > 107].head(args.n).reset_index(drop=True)
-    for name in args.runs:
-        run_dir = MODELS_DIR / name
-        cfg = json.loads((run_dir / "cv.json").read_text())["config"]
-        folds = args.folds if args.folds is not None else range(int(cfg["train"]["folds"]))
-        cks = [torch.load(fold_path(run_dir, f), weights_only=False, map_location="cpu") for f in folds]
-        table = frame_sensitivity(cks, build_graphs(te, graph_params(cfg), structure="given", progress=False))
-        print(f"{name} (folds {', '.join(map(str, folds))}; {len(te)} molecules of more than 107 nt): "
-              + "  ".join(f"{r.positions}: {r.rms_difference:.4f}" for r in table.itertuples()))
+    try:
+        runs = load_runs(args.runs, folds=args.folds)
+    except NoModelsError as e:
+        raise SystemExit(str(e))
+    for run in runs:
+        table = frame_sensitivity(run.checkpoints, build_graphs(te, run.graph, structure="given", progress=False))
+        print(f"{run.name} (folds {', '.join(str(ck['fold']) for ck in run.checkpoints)}; {len(te)} molecules of "
+              "more than 107 nt): " + "  ".join(f"{r.positions}: {r.rms_difference:.4f}" for r in table.itertuples()))
 
 
 def cmd_report_structures(args):
@@ -197,7 +196,7 @@ def main(argv=None):
     p = sub.add_parser("report-frames", help="how much runs' predictions for the 130-nt test molecules depend on "
                                              "counting their positions from the 5' end or aligned at the 3' end")
     p.add_argument("--runs", nargs="+", required=True, help="run folders under models/ (fold subsets too)")
-    p.add_argument("--folds", nargs="*", type=int, default=None, help="these folds only (default: all)")
+    p.add_argument("--folds", nargs="+", type=int, default=None, help="these folds only (default: all)")
     p.add_argument("--n", type=int, default=600, help="the first N test molecules longer than 107 nt")
     p.set_defaults(fn=cmd_report_frames)
     p = sub.add_parser("train", help="K-fold training of one config, or of several sharing one pool of fold processes")
