@@ -617,6 +617,60 @@ def test_pseudo_tail_labels_every_unlabelled_base_with_the_folds_teacher(trained
     assert T.fingerprints(load_config("smoke", ["train.pseudo_tail=0"]), df) == T.fingerprints(load_config("smoke"), df)
 
 
+def test_teacher_spread_and_confidence_weights():
+    a = [np.zeros((4, 5)), np.zeros((4, 5)), np.zeros((3, 5))]
+    b = [np.full((4, 5), 100.0), np.zeros((4, 5)), np.full((3, 5), 100.0)]
+    b[0][:2, [0, 1, 3]] = 2.0               # the scored targets on the scored bases; the rest must not count
+    b[2][:2, [0, 1, 3]] = [[4.0, 4.0, 4.0], [0.0, 0.0, 0.0]]
+    spread = T.teacher_spread([a, b], [2, 2, 2])
+    np.testing.assert_allclose(spread, [1.0, 0.0, np.sqrt(2.0)])        # sd 1 everywhere; 0; sd 2 on half
+    with pytest.raises(ValueError, match="at least two teachers, got 1"):
+        T.teacher_spread([a], [2, 2, 2])
+    w = T.confidence_weights(np.array([1.0, 1.0, 2.0, 0.5]), 1.0)     # median 1: raw 1/2, 1/2, 1/5, 4/5
+    np.testing.assert_allclose(w, [1.0, 1.0, 0.4, 1.6])
+    assert w.mean() == pytest.approx(1.0)
+    np.testing.assert_array_equal(T.confidence_weights(np.array([1.0, 3.0]), 0), [1.0, 1.0])
+    np.testing.assert_array_equal(T.confidence_weights(np.zeros(3), 2.0), [1.0, 1.0, 1.0])    # teachers agree
+
+
+def test_pseudo_confidence_weighs_molecules_by_how_much_their_teachers_agree(trained, tiny_cfg, test_rows, tmp_path,
+                                                                              monkeypatch):
+    import shutil
+    from openvaccine.graphs import graph_params
+    from openvaccine.data import data_fingerprint
+    d, teacher, df = trained
+    test_df = pd.DataFrame(test_rows)
+    # a second teacher on the same folds whose kept prediction of the test molecules is k / 4 everywhere
+    shutil.copytree(d / teacher, tmp_path / "twin")
+    twin = tmp_path / "twin" / "fold0.pt"
+    structures = T.tta_structures(graph_params(torch.load(twin, weights_only=False)["config"]))
+    q = [np.full((r["seq_length"], 5), k / 4, dtype=np.float32) for k, r in enumerate(test_rows)]
+    T.save_fold_prediction(twin, structures, data_fingerprint(test_df), q)
+    cfg, seen, ck_t, ck_s, df, test_df = _train_student(trained, tiny_cfg, test_rows, tmp_path, monkeypatch, "conf",
+                                                        [f"train.pseudo_from=[{teacher},twin]",
+                                                         "train.pseudo_confidence=1"])
+    assert set(ck_s["teachers"]) == {teacher, "twin"}
+    p = T.load_fold_prediction(tmp_path / teacher / "fold0.pt", structures, data_fingerprint(test_df))
+    scored = [r["seq_scored"] for r in test_rows]
+    want_w = T.confidence_weights(T.teacher_spread([p, q], scored), 1.0)
+    assert want_w.max() / want_w.min() > 2                                 # the molecules do weigh differently
+    real_w = np.array([float(g.loss_w) for g in seen["tr"][0]])
+    for variant in seen["pseudo"]:                          # every structure of a molecule weighs the same
+        got = np.array([float(h.loss_w) for h in variant])
+        np.testing.assert_allclose(got, 0.5 * real_w.mean() * want_w, rtol=1e-5)
+        for h, a, b, sc in zip(variant, p, q, scored):       # labelled by the mean of the two teachers
+            np.testing.assert_allclose(h.y[:sc].numpy(), (a[:sc] + b[:sc]) / 2, atol=1e-6)
+    # checked before anything trains: a strength >= 0, and two teachers to disagree
+    for over, msg in ((["train.pseudo_confidence=-1"], "must be a strength >= 0, got -1"),
+                      (["train.pseudo_confidence=true"], "must be a strength >= 0, got True"),
+                      (["train.pseudo_confidence=1"], r"it needs two teachers or more in train.pseudo_from, got \[\]"),
+                      (["train.pseudo_confidence=1", "train.pseudo_from=[a]"], r"got \['a'\]")):
+        with pytest.raises(ValueError, match=msg):
+            T.fingerprints(load_config("smoke", over), df)
+    assert T.fingerprints(load_config("smoke", ["train.pseudo_confidence=0"]), df) == \
+        T.fingerprints(load_config("smoke"), df)
+
+
 def test_pseudo_labels_refuse_a_teacher_with_other_folds(trained, tiny_cfg, test_rows, tmp_path):
     import shutil
     d, teacher, df = trained

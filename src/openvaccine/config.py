@@ -29,7 +29,7 @@ class ConfigError(ValueError):
 
 # Keys a config may set that configs/default.yaml leaves out (they are off unless set).
 OPTIONAL_KEYS = {"train": {"fold_seed", "pretrain", "init_from", "pseudo_from", "pseudo_frac", "pseudo_weight", "pseudo_tail",
-                          "only_folds"}}
+                          "pseudo_confidence", "only_folds"}}
 
 
 def _merge(base: dict, over: dict) -> dict:

@@ -323,7 +323,8 @@ def optimiser_step(loss: torch.Tensor, params: list, opt, sched, scaler) -> None
 
 # ``train`` options added after runs were trained, at their "off" value (left out of fingerprints)
 LATER_TRAIN_OPTIONS_OFF = {"ema": 0, "cpu_bf16": False, "label_positions": None, "target_weights": None,
-                          "reverse_p": 0, "pseudo_tail": 0, "pos_shift": 0}
+                          "reverse_p": 0, "pseudo_tail": 0, "pos_shift": 0,
+                          "pseudo_confidence": 0}
 # ``train`` options that say how a run is carried out, not what its models are (never fingerprinted)
 RUN_ONLY_OPTIONS = ("only_folds", "jobs")
 
@@ -338,6 +339,7 @@ def fingerprints(cfg: dict, df: pd.DataFrame) -> dict:
     reverse_prob(cfg.get("train", {}))
     max_shift(cfg.get("train", {}))
     tail_weight(cfg.get("train", {}))
+    confidence_strength(cfg.get("train", {}))
     p = graph_params(cfg)
     c = {k: v for k, v in cfg.items() if k != "name"}
     c["train"] = without_later_options({k: v for k, v in c.get("train", {}).items() if k not in RUN_ONLY_OPTIONS},
@@ -409,6 +411,18 @@ def tail_weight(t: dict) -> float:
     if w and not t.get("pseudo_from"):
         raise ValueError("train.pseudo_tail labels bases with the teachers' predictions: it needs train.pseudo_from")
     return float(w)
+
+
+def confidence_strength(t: dict) -> float:
+    """``train.pseudo_confidence``, checked: a strength >= 0 (0: off) with which pseudo-labelled molecules
+    the teachers disagree on weigh less (:func:`confidence_weights`); it needs two teachers or more."""
+    c = t.get("pseudo_confidence") or 0
+    if isinstance(c, bool) or not isinstance(c, (int, float)) or not c >= 0:
+        raise ValueError(f"train.pseudo_confidence must be a strength >= 0, got {c!r}")
+    if c and len(t.get("pseudo_from") or []) < 2:
+        raise ValueError("train.pseudo_confidence weighs pseudo-labels by how much the teachers disagree: it needs "
+                         f"two teachers or more in train.pseudo_from, got {list(t.get('pseudo_from') or [])}")
+    return float(c)
 
 
 def as_variants(graphs) -> list[list]:
@@ -560,6 +574,16 @@ def teacher_labels(teachers: list[str], fold: int, fold_index: np.ndarray, data_
     (this run's fold) of the same training data: a student trained on these labels for that fold
     never sees, even through its teacher, the molecules it is validated on, so its CV stays honest.
     """
+    preds, used = teacher_predictions(teachers, fold, fold_index, data_fp, test_df, models_dir, device, progress,
+                                      cache_graphs)
+    return [np.mean(x, 0) for x in zip(*preds)], used
+
+
+def teacher_predictions(teachers: list[str], fold: int, fold_index: np.ndarray, data_fp: str, test_df: pd.DataFrame,
+                        models_dir: Path, device=None, progress: bool = True,
+                        cache_graphs: bool = True) -> tuple[list[list[np.ndarray]], dict]:
+    """Each teacher's prediction of ``test_df`` (one list of per-molecule arrays per teacher, in ``teachers``'
+    order), of which :func:`teacher_labels` takes the mean, and the fingerprints of the teacher folds used."""
     preds, used, test_fp = [], {}, data_fingerprint(test_df)
     for name in teachers:
         path, ck = matching_fold(name, fold, fold_index, data_fp, models_dir, "train.pseudo_from")
@@ -572,7 +596,42 @@ def teacher_labels(teachers: list[str], fold: int, fold_index: np.ndarray, data_
             save_fold_prediction(path, structures, test_fp, pred)
         preds.append(pred)
         used[name] = ck["fingerprints"]
-    return [np.mean(x, 0) for x in zip(*preds)], used
+    return preds, used
+
+
+def teacher_spread(preds: list[list[np.ndarray]], n_scored) -> np.ndarray:
+    r"""How much the teachers disagree on each molecule: the root mean square, over its first ``n_scored``
+    bases and the three scored targets, of the teachers' standard deviation (``preds``: one list of
+    per-molecule [bases, 5] arrays per teacher, as :func:`teacher_predictions` returns them),
+
+    .. math:: d_m = \Big(\frac{1}{3 n_m} \sum_{i < n_m} \sum_{c \in \text{scored}}
+              \operatorname{Var}_t\, p^{(t)}_{m,i,c}\Big)^{1/2}.
+    """
+    if len(preds) < 2:
+        raise ValueError(f"teacher spread needs at least two teachers, got {len(preds)}")
+    out = []
+    for per_teacher, n in zip(zip(*preds), n_scored):
+        p = np.stack([q[:int(n)][:, SCORED_IDX] for q in per_teacher]).astype(np.float64)
+        out.append(np.sqrt(p.var(0).mean()))
+    return np.array(out)
+
+
+def confidence_weights(spread: np.ndarray, strength: float) -> np.ndarray:
+    r"""Per-molecule weights of pseudo-labelled molecules from their teachers' spread :math:`d_m`
+    (:func:`teacher_spread`), for ``train.pseudo_confidence`` :math:`c`:
+
+    .. math:: w_m \propto \frac{1}{1 + c\,(d_m / \tilde d)^2}, \qquad \bar w = 1,
+
+    with :math:`\tilde d` the median spread: inverse-variance weights if a label's error variance is a
+    part common to all molecules plus :math:`c` times the teachers' variance (scaled to the median).
+    The mean weight stays 1, so ``train.pseudo_weight`` still sets how much the pseudo-labels weigh in all;
+    ``c = 0``: every molecule 1."""
+    spread = np.asarray(spread, dtype=np.float64)
+    if strength <= 0 or not len(spread):
+        return np.ones(len(spread))
+    med = float(np.median(spread))
+    w = 1.0 / (1.0 + strength * (spread / med) ** 2) if med > 0 else np.ones(len(spread))
+    return w / w.mean()
 
 
 # ---------------------------------------------------------------- a fold's test predictions, kept
@@ -705,10 +764,11 @@ def labels_reach(t: dict) -> int | None:
     return int(n) if n else None
 
 
-def pseudo_graphs(graphs, labels: list[np.ndarray], n_scored, weight: float, tail: float = 0.0) -> list:
+def pseudo_graphs(graphs, labels: list[np.ndarray], n_scored, weight, tail: float = 0.0) -> list:
     """Copies of unlabelled ``graphs`` labelled with ``labels`` on their first ``n_scored`` bases (and, with
-    ``tail`` > 0, on the rest at that weight: :func:`with_teacher_tail`)."""
-    out = with_loss_weight(graphs, [weight] * len(graphs))
+    ``tail`` > 0, on the rest at that weight: :func:`with_teacher_tail`), at loss weight ``weight`` (one for
+    all, or one per graph)."""
+    out = with_loss_weight(graphs, np.broadcast_to(np.asarray(weight, dtype=np.float64), (len(graphs),)))
     for h, y, sc in zip(out, labels, n_scored):
         sc = int(sc)
         h.y = torch.zeros_like(h.y)
@@ -769,6 +829,7 @@ def train_run(cfg: dict, run_name: str | None = None, df: pd.DataFrame | None = 
     graphs = by_structure["given"]
     alt = [by_structure[v] for v in aug]
     teachers = list(t.get("pseudo_from") or [])
+    confidence = confidence_strength(t)
     pretrain = pretrain_settings(cfg)
     if pretrain and t.get("init_from"):
         raise ValueError("train.init_from and train.pretrain: a fold starts from one or the other, not both")
@@ -808,9 +869,14 @@ def train_run(cfg: dict, run_name: str | None = None, df: pd.DataFrame | None = 
             train_g = [with_labels_before([gs[i] for i in tr_idx], t.get("label_positions")) for gs in [graphs] + alt]
             pseudo_g, teacher_fps = None, None
             if teachers:
-                labels, teacher_fps = teacher_labels(teachers, f, va_all, fps["data"], test_df, out.parent, device, bars)
+                per_teacher, teacher_fps = teacher_predictions(teachers, f, va_all, fps["data"], test_df, out.parent,
+                                                               device, bars)
+                labels = [np.mean(x, 0) for x in zip(*per_teacher)]
                 w_real = molecule_weight(torch.from_numpy(sn[tr_idx]).float(), t).numpy()
                 w_pseudo = float(t.get("pseudo_weight", 0.5)) * float(w_real.mean())
+                if confidence:               # molecules the teachers agree on weigh more (mean unchanged)
+                    w_pseudo = w_pseudo * confidence_weights(teacher_spread(per_teacher, test_df["seq_scored"]),
+                                                             confidence)
                 train_g = [with_loss_weight(gs, w_real) for gs in train_g]
                 tail = tail_weight(t)
                 pseudo_g = [pseudo_graphs(test_by[v], labels, test_df["seq_scored"], w_pseudo, tail) for v in test_by]
