@@ -622,8 +622,8 @@ def confidence_weights(spread: np.ndarray, strength: float) -> np.ndarray:
 
     .. math:: w_m \propto \frac{1}{1 + c\,(d_m / \tilde d)^2}, \qquad \bar w = 1,
 
-    with :math:`\tilde d` the median spread: inverse-variance weights if a label's error variance is a
-    part common to all molecules plus :math:`c` times the teachers' variance (scaled to the median).
+    with :math:`\tilde d` the median spread: inverse-variance weights if a label's error variance goes as
+    :math:`\tilde d^2 + c\,d_m^2`, a part common to all molecules plus :math:`c` times the teachers' variance.
     The mean weight stays 1, so ``train.pseudo_weight`` still sets how much the pseudo-labels weigh in all;
     ``c = 0``: every molecule 1."""
     spread = np.asarray(spread, dtype=np.float64)
